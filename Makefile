@@ -1,0 +1,51 @@
+# aiaas — every target installs into .venv on first use (Python >= 3.11 required).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-postgres lint fmt typecheck bench migrate-check check clean
+
+help: ## list targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-15s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check uv==0.13.9
+	$(BIN)/uv pip sync -q --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the locked dependencies
+
+run: $(STAMP) ## start the platform on http://$(HOST):$(PORT)
+	$(BIN)/aiaas serve --host $(HOST) --port $(PORT)
+
+test: $(STAMP) ## run the test suite (PostgreSQL tests run when AIAAS_TEST_POSTGRES_URL is set)
+	$(BIN)/python -m pytest -n 2 -q
+
+lint: $(STAMP) ## ruff + mypy
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+
+fmt: $(STAMP) ## format and autofix
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
+
+typecheck: $(STAMP) ## mypy only
+	$(BIN)/mypy
+
+migrate-check: $(STAMP) ## apply migrations to a scratch SQLite database and check models match
+	$(BIN)/python -m aiaas.db.check
+
+bench: $(STAMP) ## run the benchmarks (results printed and written to benchmarks/results/)
+	$(BIN)/python benchmarks/run_all.py
+
+check: lint migrate-check test ## what CI runs
+
+clean: ## remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
