@@ -1,0 +1,1 @@
+"""HTTP edge: app factory, shared dependencies, error rendering, middleware."""

@@ -1,0 +1,76 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+import aiaas
+from aiaas.api.errors import install_error_handlers
+from aiaas.api.health import router as health_router
+from aiaas.api.middleware import PlatformMiddleware
+from aiaas.api.routers import ROUTERS
+from aiaas.api.routes import route_templates
+from aiaas.auth.cache import ApiKeyCache, LoginThrottle
+from aiaas.auth.passwords import Passwords
+from aiaas.db import get_session_factory
+from aiaas.monitoring.metrics import HttpMetrics
+from aiaas.settings import Settings, get_settings
+from aiaas.storage import get_store
+
+API_PREFIX = "/api/v1"
+#: Routes reachable without credentials. Everything else must depend on ``require(...)``.
+PUBLIC_ROUTES: frozenset[str] = frozenset(
+    {
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/redoc",
+        f"{API_PREFIX}/auth/token",
+    }
+)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the ASGI app for ``settings`` (migrations are applied by the caller)."""
+    settings = settings or get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = FastAPI(
+        title="aiaas",
+        version=aiaas.__version__,
+        description="Self-hosted AI-as-a-Service: data, AutoML, registry, serving, monitoring.",
+        swagger_ui_init_oauth={"usePkceWithAuthorizationCodeGrant": False},
+    )
+    state: Any = app.state
+    state.settings = settings
+    state.secret_key = settings.secret_key()
+    state.session_factory = get_session_factory(settings.resolved_database_url)
+    state.store = get_store(settings.resolved_artifacts_url)
+    state.passwords = Passwords(
+        settings.auth.argon2_time_cost,
+        settings.auth.argon2_memory_kib,
+        settings.auth.argon2_parallelism,
+    )
+    state.api_key_cache = ApiKeyCache(settings.auth.api_key_cache_ttl_s)
+    state.login_throttle = LoginThrottle(
+        settings.auth.login_max_failures, settings.auth.login_window_s
+    )
+    state.metrics = HttpMetrics()
+
+    install_error_handlers(app)
+    app.include_router(health_router)
+    for router in ROUTERS:
+        app.include_router(router, prefix=API_PREFIX)
+    app.add_middleware(
+        PlatformMiddleware,
+        max_body_bytes=settings.limits.max_body_bytes,
+        max_upload_bytes=settings.limits.max_upload_bytes,
+        metrics=state.metrics,
+        session_factory=lambda: state.session_factory,
+        templates=route_templates(app),
+    )
+    return app

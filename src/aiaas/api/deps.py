@@ -1,0 +1,137 @@
+"""Shared FastAPI dependencies: settings, session, store, principal, permission checks.
+
+``get_principal`` is the only way a route learns who calls; ``require(action)`` wraps it with
+the permission matrix, and the route-inventory test checks that every non-public route
+depends on ``require``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+import anyio
+from fastapi import Depends, Query, Request
+from sqlalchemy.orm import Session
+
+from aiaas.auth import audit
+from aiaas.auth import service as auth_service
+from aiaas.auth.cache import ApiKeyCache
+from aiaas.auth.passwords import Passwords
+from aiaas.auth.permissions import Action
+from aiaas.auth.principal import Principal
+from aiaas.db.base import utcnow
+from aiaas.db.pagination import PageParams
+from aiaas.errors import Forbidden, Unauthorized
+from aiaas.settings import Settings
+from aiaas.storage import ArtifactStore
+
+
+def get_settings_dep(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """One unit of work per request: committed when the route returns, rolled back on error."""
+    session: Session = request.app.state.session_factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def get_store(request: Request) -> ArtifactStore:
+    store: ArtifactStore = request.app.state.store
+    return store
+
+
+def get_passwords(request: Request) -> Passwords:
+    passwords: Passwords = request.app.state.passwords
+    return passwords
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+StoreDep = Annotated[ArtifactStore, Depends(get_store)]
+PasswordsDep = Annotated[Passwords, Depends(get_passwords)]
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization")
+    if not header:
+        raise Unauthorized("missing Authorization header (use: Authorization: Bearer <key>)")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or " " in token or len(token) > 4096:
+        raise Unauthorized("malformed Authorization header (use: Authorization: Bearer <key>)")
+    return token
+
+
+def _lookup(request: Request, token: str) -> Principal | None:
+    state = request.app.state
+    with state.session_factory() as session, session.begin():
+        if auth_service.looks_like_api_key(token):
+            found = auth_service.resolve_api_key(session, token)
+            if found is None:
+                return None
+            principal, expires_at = found
+            cache: ApiKeyCache = state.api_key_cache
+            cache.put(auth_service.sha256_hex(token), principal, expires_at)
+            return principal
+        return auth_service.resolve_access_token(session, state.secret_key, token)
+
+
+async def get_principal(request: Request) -> Principal:
+    """Authenticate the bearer credential. Every failure is the same 401."""
+    token = _bearer(request)
+    principal: Principal | None = None
+    if auth_service.looks_like_api_key(token):
+        cache: ApiKeyCache = request.app.state.api_key_cache
+        hit = cache.get(auth_service.sha256_hex(token))
+        if hit is not None:
+            cached, expires_at = hit
+            if expires_at is None or expires_at > utcnow():
+                principal = cached
+            else:
+                raise Unauthorized("invalid credentials")
+    if principal is None:
+        principal = await anyio.to_thread.run_sync(_lookup, request, token)
+    if principal is None:
+        raise Unauthorized("invalid credentials")
+    audit.set_actor(principal.org_id, principal.actor_type, principal.actor_id)
+    request.state.principal = principal
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def require(action: Action) -> Any:
+    """A dependency that authenticates and checks ``action`` against the permission matrix."""
+
+    async def check(principal: PrincipalDep) -> Principal:
+        if not principal.can(action):
+            raise Forbidden(f"role {principal.role.value!r} may not {action.value}")
+        return principal
+
+    check.__aiaas_action__ = action  # type: ignore[attr-defined]
+    check.__name__ = f"require_{action.name.lower()}"
+    return Depends(check)
+
+
+def page_params(
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=500, description="Items per page.")] = 50,
+    cursor: Annotated[
+        str | None, Query(max_length=512, description="Opaque cursor from next_cursor.")
+    ] = None,
+) -> PageParams:
+    return PageParams(limit=limit, cursor=cursor, key=request.app.state.secret_key)
+
+
+PageDep = Annotated[PageParams, Depends(page_params)]

@@ -1,0 +1,1 @@
+"""Identity and tenancy: organizations, users, roles, API keys, JWT sessions, audit."""

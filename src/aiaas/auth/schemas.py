@@ -1,0 +1,105 @@
+"""Wire types of identity routes. Requests forbid unknown fields; responses are allow-lists."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+from aiaas.auth.permissions import Role
+
+Email = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True,
+        to_lower=True,
+        max_length=320,
+        pattern=r"^[^@\s\x00-\x1f]{1,64}@[^@\s\x00-\x1f]{1,255}$",
+    ),
+]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Password = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OrgRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    slug: str
+    name: str
+
+
+class MeRead(BaseModel):
+    organization: OrgRead
+    role: Role
+    actor_type: str
+    actor_id: str
+    email: str | None = None
+    api_key_name: str | None = None
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int
+    refresh_token: str
+    organization: str
+
+
+class MemberRead(BaseModel):
+    user_id: str
+    email: str
+    role: Role
+    created_at: datetime
+
+
+class MemberCreate(Strict):
+    email: Email
+    role: Role
+    password: Password = Field(description="Initial password of the new user account.")
+
+
+class MemberUpdate(Strict):
+    role: Role
+
+
+class ApiKeyCreate(Strict):
+    name: Name
+    role: Role = Role.developer
+    expires_at: AwareDatetime | None = Field(None, description="When the key stops working.")
+
+
+class ApiKeyRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    name: str
+    role: Role
+    prefix: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyRead):
+    key: str = Field(description="The secret key. Shown once; store it now.")
+
+
+class AuditEventRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    actor_type: str | None
+    actor_id: str | None
+    action: str
+    resource_type: str | None
+    resource_id: str | None
+    outcome: str
+    status_code: int
+    request_id: str | None
+    client_ip: str | None
+    details: dict[str, object] | None
+    created_at: datetime

@@ -1,0 +1,1 @@
+"""The ``aiaas`` command line (Typer)."""

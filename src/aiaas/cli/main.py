@@ -1,0 +1,245 @@
+"""``aiaas``: serve the platform, migrate, administer; client and AutoML commands.
+
+Errors from aiaas become one line on stderr and exit code 2 (bad input) or 1 (anything
+else), never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from aiaas.errors import AiaasError, Conflict, InvalidInput, NotFound
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(
+    name="aiaas",
+    help="aiaas — self-hosted AI-as-a-Service. Settings come from AIAAS_* variables or flags.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Metadata database.", no_args_is_help=True)
+admin_app = typer.Typer(help="Administer organizations, users and keys directly.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(admin_app, name="admin")
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", envvar="AIAAS_DATA_DIR", help="Data directory.", show_default=False),
+]
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def handle_errors(func: F) -> F:
+    """Map aiaas errors to a one-line message and an exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (InvalidInput, Conflict, NotFound) as exc:
+            raise fail(exc.detail, 2) from None
+        except AiaasError as exc:
+            raise fail(exc.detail, 1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _settings(data_dir: Path | None) -> Any:
+    from aiaas.settings import Settings
+
+    return Settings(data_dir=data_dir) if data_dir else Settings()
+
+
+def _migrated_session(settings: Any) -> Any:
+    from aiaas.db import get_session_factory
+    from aiaas.db.migrate import upgrade
+
+    upgrade(settings.resolved_database_url)
+    return get_session_factory(settings.resolved_database_url)()
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address.", envvar="AIAAS_HOST")] = None,
+    port: Annotated[int | None, typer.Option(help="Port.", envvar="AIAAS_PORT")] = None,
+    data_dir: DataDir = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+) -> None:
+    """Migrate the database and serve the platform (API, docs, metrics)."""
+    import os
+
+    import uvicorn
+
+    from aiaas.auth import service as auth_service
+    from aiaas.auth.passwords import Passwords
+    from aiaas.logging import configure_logging
+
+    settings = _settings(data_dir)
+    if data_dir:
+        os.environ["AIAAS_DATA_DIR"] = str(settings.data_dir)  # for worker processes
+    configure_logging(fmt=settings.log_format, level=settings.log_level)
+    host = host or settings.host
+    port = port or settings.port
+    with _migrated_session(settings) as session, session.begin():
+        passwords = Passwords(
+            settings.auth.argon2_time_cost,
+            settings.auth.argon2_memory_kib,
+            settings.auth.argon2_parallelism,
+        )
+        created = auth_service.bootstrap_if_empty(session, passwords)
+    base = f"http://{host}:{port}"
+    if created is not None:
+        typer.echo(
+            "\nFirst start: created organization "
+            f"'{created.org_slug}' and its owner account (shown once — store it now):\n"
+            f"  email:    {created.email}\n  password: {created.password}\n\n"
+            "Log in and call the API:\n"
+            f"  TOKEN=$(curl -s -d 'username={created.email}' --data-urlencode "
+            f"'password=<password>' {base}/api/v1/auth/token | python3 -c "
+            "'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')\n"
+            f'  curl -H "Authorization: Bearer $TOKEN" {base}/api/v1/me\n'
+            "Or create an API key:\n"
+            f"  aiaas admin create-api-key --org {created.org_slug} --role admin --name cli\n"
+        )
+    typer.echo(f"aiaas serving on {base}  (docs: {base}/docs, metrics: {base}/metrics)")
+    uvicorn.run(
+        "aiaas.api.asgi:app",
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,
+    )
+
+
+@db_app.command("upgrade")
+@handle_errors
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+    data_dir: DataDir = None,
+) -> None:
+    """Apply database migrations."""
+    from aiaas.db.migrate import current_revision, upgrade
+
+    settings = _settings(data_dir)
+    upgrade(settings.resolved_database_url, revision)
+    typer.echo(f"database at revision {current_revision(settings.resolved_database_url)}")
+
+
+@admin_app.command("create-org")
+@handle_errors
+def create_org(
+    slug: Annotated[str, typer.Argument(help="Short name: lowercase letters, digits, '-'.")],
+    name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Create an organization; prints its id."""
+    from aiaas.auth import service as auth_service
+
+    with _migrated_session(_settings(data_dir)) as session, session.begin():
+        org = auth_service.create_org(session, slug, name)
+        typer.echo(org.id)
+
+
+def _role(value: str) -> Any:
+    from aiaas.auth.permissions import Role
+
+    try:
+        return Role(value)
+    except ValueError:
+        raise InvalidInput(
+            f"unknown role {value!r}; choose one of: {', '.join(r.value for r in Role)}"
+        ) from None
+
+
+@admin_app.command("create-user")
+@handle_errors
+def create_user(
+    email: Annotated[str, typer.Argument(help="Login email.")],
+    org: Annotated[str, typer.Option("--org", help="Organization slug.")],
+    role: Annotated[str, typer.Option("--role", help="owner, admin, developer or viewer.")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+    ] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Create a user in an organization. Without --password-stdin a password is generated."""
+    import secrets
+
+    from aiaas.auth import service as auth_service
+    from aiaas.auth.passwords import Passwords
+    from aiaas.auth.schemas import MemberCreate
+
+    settings = _settings(data_dir)
+    role_value = _role(role)
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        generated = False
+    else:
+        password, generated = secrets.token_urlsafe(18), True
+    try:
+        MemberCreate(email=email, role=role_value, password=password)
+    except ValueError:
+        raise InvalidInput(f"invalid email address {email!r}") from None
+    with _migrated_session(settings) as session, session.begin():
+        organization = auth_service.get_org_by_slug(session, org)
+        passwords = Passwords(
+            settings.auth.argon2_time_cost,
+            settings.auth.argon2_memory_kib,
+            settings.auth.argon2_parallelism,
+        )
+        user = auth_service.create_user(
+            session, passwords, email, password, min_length=settings.auth.min_password_length
+        )
+        auth_service.add_membership(session, organization, user, role_value)
+    typer.echo(f"created user {user.email} ({user.id}) as {role_value.value} in {org}", err=True)
+    if generated:
+        typer.echo(password)
+
+
+@admin_app.command("create-api-key")
+@handle_errors
+def create_api_key(
+    org: Annotated[str, typer.Option("--org", help="Organization slug.")],
+    role: Annotated[str, typer.Option("--role", help="owner, admin, developer or viewer.")],
+    name: Annotated[str, typer.Option("--name", help="A label for the key.")] = "cli",
+    data_dir: DataDir = None,
+) -> None:
+    """Create an API key; prints the key alone on stdout (shown once)."""
+    from aiaas.auth import service as auth_service
+
+    role_value = _role(role)
+    if not name.strip() or len(name) > 200:
+        raise InvalidInput("name must be 1-200 characters")
+    with _migrated_session(_settings(data_dir)) as session, session.begin():
+        organization = auth_service.get_org_by_slug(session, org)
+        row, key = auth_service.issue_api_key(session, organization, role=role_value, name=name)
+    typer.echo(f"created API key {row.id} ({row.prefix}…) as {role_value.value} in {org}", err=True)
+    typer.echo(key)
+
+
+def _register_optional() -> None:
+    try:
+        from aiaas.cli.automl import app as automl_app
+    except ImportError:  # the AutoML CLI is being built alongside
+        return
+    app.add_typer(automl_app, name="automl")
+
+
+_register_optional()
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""Monitoring: Prometheus metrics (and later prediction logs, drift, usage)."""

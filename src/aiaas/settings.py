@@ -1,0 +1,150 @@
+"""Settings, read once from ``AIAAS_*`` environment variables (and a ``.env`` file).
+
+Flat names for the common settings (``AIAAS_DATA_DIR``, ``AIAAS_DATABASE_URL``,
+``AIAAS_ARTIFACTS_URL``); groups use ``__`` (``AIAAS_LIMITS__MAX_BODY_BYTES``,
+``AIAAS_AUTH__ACCESS_TOKEN_TTL_S``). Build them with :func:`get_settings` and inject
+them; nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class Limits(BaseModel):
+    """Request limits enforced before any route code runs."""
+
+    max_body_bytes: int = Field(
+        10 * MiB, ge=1024, description="Largest JSON/form body accepted (413 above it)."
+    )
+    max_upload_bytes: int = Field(
+        5 * 1024 * MiB,
+        ge=1024,
+        description="Largest multipart/octet-stream upload accepted (413 above it).",
+    )
+    max_string_length: int = Field(
+        1000, ge=16, description="Longest name/description string accepted in JSON bodies."
+    )
+
+
+class AuthSettings(BaseModel):
+    """Credentials: JWT sessions, API keys, password hashing, login throttling."""
+
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Key that signs JWTs and pagination cursors. Unset: generated once and "
+        "kept in DATA_DIR/.secret_key (mode 0600).",
+    )
+    access_token_ttl_s: int = Field(900, ge=30, description="Lifetime of a JWT access token.")
+    refresh_token_ttl_s: int = Field(
+        30 * 24 * 3600, ge=60, description="Lifetime of a refresh token (rotated on use)."
+    )
+    api_key_cache_ttl_s: float = Field(
+        5.0,
+        ge=0,
+        description="How long a looked-up API key is cached in process; revocation takes "
+        "effect on other replicas within this bound.",
+    )
+    argon2_time_cost: int = Field(3, ge=1, description="argon2id iterations.")
+    argon2_memory_kib: int = Field(65536, ge=8, description="argon2id memory in KiB.")
+    argon2_parallelism: int = Field(1, ge=1, description="argon2id lanes.")
+    login_max_failures: int = Field(
+        10, ge=1, description="Failed logins per account (and per client address) before 429."
+    )
+    login_window_s: int = Field(900, ge=1, description="Window of the login failure count.")
+    min_password_length: int = Field(12, ge=8, description="Shortest password accepted.")
+
+
+class DataSettings(BaseModel):
+    """Dataset ingest, profiling and SQL limits (owned by the data domain)."""
+
+
+class Settings(BaseSettings):
+    """All aiaas settings. Every field can be set as ``AIAAS_<NAME>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AIAAS_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_nested_delimiter="__",
+        extra="ignore",
+    )
+
+    env: Literal["dev", "test", "prod"] = Field("dev", description="Deployment environment.")
+    data_dir: Path = Field(Path("./aiaas-data"), description="Where embedded state lives.")
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the metadata database. Unset: SQLite (WAL) in the data "
+        "dir. PostgreSQL: postgresql+psycopg://user:pass@host/db",
+    )
+    artifacts_url: str | None = Field(
+        None,
+        description="fsspec URL of the artifact store. Unset: DATA_DIR/artifacts. "
+        "Scale-out: s3://bucket/prefix",
+    )
+    host: str = Field("127.0.0.1", description="Address `aiaas serve` binds.")
+    port: int = Field(8000, ge=1, le=65535, description="Port `aiaas serve` binds.")
+    log_format: Literal["console", "json"] = Field(
+        "console", description="Readable console lines or one JSON object per line."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Lowest level logged."
+    )
+    metrics_token: SecretStr | None = Field(
+        None, description="If set, GET /metrics requires `Authorization: Bearer <token>`."
+    )
+    limits: Limits = Field(default_factory=Limits, description="Request limits.")
+    auth: AuthSettings = Field(default_factory=AuthSettings, description="Credentials.")
+    data: DataSettings = Field(default_factory=DataSettings, description="Data limits.")
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'aiaas.db'}"
+
+    @property
+    def resolved_artifacts_url(self) -> str:
+        return self.artifacts_url or str(self.data_dir / "artifacts")
+
+    def secret_key(self) -> bytes:
+        """The signing key: configured, or generated once into the data dir."""
+        if self.auth.secret_key is not None:
+            value = self.auth.secret_key.get_secret_value()
+            if self.env == "prod" and len(value) < 32:
+                raise ValueError("AIAAS_AUTH__SECRET_KEY must be at least 32 characters in prod")
+            return value.encode()
+        path = self.data_dir / ".secret_key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(48))
+            try:
+                os.link(tmp, path)  # first writer wins; never overwrite an existing key
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        return path.read_text().strip().encode()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (tests build their own and inject them)."""
+    return Settings()

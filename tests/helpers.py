@@ -1,0 +1,50 @@
+"""Assertions shared by every domain's tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+
+def assert_problem(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
+    """The response is an RFC 9457 problem with ``status`` (and ``code``)."""
+    assert response.status_code == status, (response.status_code, response.text[:500])
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert body["title"]
+    assert body["type"].startswith("https://")
+    if code is not None:
+        assert body["code"] == code, body
+    return body
+
+
+def assert_cross_tenant_404(
+    client: TestClient,
+    url: str,
+    headers: dict[str, str],
+    methods: Iterable[str] = ("GET", "PATCH", "DELETE"),
+    json: Any = None,
+) -> None:
+    """Another organization's credential gets 404 (not 403) for ``url`` on every method."""
+    for method in methods:
+        body = json if method in ("POST", "PUT", "PATCH") else None
+        response = client.request(method, url, headers=headers, json=body)
+        assert response.status_code == 404, (method, url, response.status_code, response.text)
+        assert_problem(response, 404)
+
+
+def assert_not_listed(
+    client: TestClient, list_url: str, headers: dict[str, str], resource_id: str
+) -> None:
+    """``resource_id`` appears on no page of ``list_url`` for this credential."""
+    url: str | None = list_url
+    while url:
+        response = client.get(url, headers=headers)
+        assert response.status_code == 200, response.text
+        assert resource_id not in response.text
+        cursor = response.json().get("next_cursor")
+        sep = "&" if "?" in list_url else "?"
+        url = f"{list_url}{sep}cursor={cursor}" if cursor else None
