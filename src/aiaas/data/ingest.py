@@ -1,0 +1,460 @@
+"""Turn an uploaded file into one normalised Parquet file, with bounded memory.
+
+Pipeline (pure: no DB, no HTTP, no settings import):
+
+1. sniff the first bytes: gzip is decompressed to a sibling file in a streamed loop that
+   enforces an absolute size cap and a compression-ratio cap (gzip bombs → 413); zip and other
+   archives, and binary junk, are refused (415);
+2. decide the format from the content (Parquet magic, JSON object/array, else delimited text)
+   and, for text, the encoding (BOM, UTF-8 check, Latin-1 fallback), delimiter, quote and
+   header — each overridable;
+3. read the header record in Python to enforce the column cap and refuse duplicate names
+   *before* DuckDB sees a 100,000-column file;
+4. convert with DuckDB ``COPY (SELECT …) TO … (FORMAT parquet)`` under a memory limit, on a
+   locked connection that may only touch the work directory. Nested, binary and other exotic
+   types are normalised to text; decimals to double.
+
+Every failure is an :class:`~aiaas.errors.AiaasError` (4xx) with a message naming the problem;
+the caller owns the work directory and deletes it on every path.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import gzip
+import io
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+
+from aiaas.data.duck import clean_error, connect, qident, qstr
+from aiaas.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+
+MiB = 1024 * 1024
+Format = Literal["csv", "parquet", "jsonl"]
+Encoding = Literal["utf-8", "utf-16", "latin-1"]
+
+_CHUNK = 4 * MiB
+csv.field_size_limit(2**31 - 1)  # our own byte limits apply before the csv module sees a record
+_SAMPLE = 256 * 1024
+_DELIMITERS = (",", "\t", ";", "|")
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    """Caps applied while converting one file (built from ``DataSettings`` by the service)."""
+
+    max_columns: int = 2000
+    max_line_bytes: int = 8 * MiB
+    max_cell_bytes: int = 1 * MiB
+    max_rows: int = 200_000_000
+    max_decompressed_bytes: int = 20 * 1024 * MiB
+    max_compression_ratio: float = 200.0
+    memory_limit: str = "1GB"
+    threads: int = 2
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """Client overrides; ``None`` means detect."""
+
+    format: Format | None = None
+    delimiter: str | None = None
+    quote: str | None = None
+    escape: str | None = None
+    header: bool | None = None
+    encoding: Encoding | None = None
+
+
+@dataclass
+class IngestResult:
+    parquet_path: Path
+    row_count: int
+    columns: list[tuple[str, str]]
+    source_format: Format
+    compression: str | None
+    detected: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- sniffing
+
+
+def _read_head(path: Path, n: int = _SAMPLE) -> bytes:
+    with path.open("rb") as handle:
+        return handle.read(n)
+
+
+def gunzip_bounded(src: Path, dest: Path, limits: IngestLimits) -> int:
+    """Decompress ``src`` (gzip, possibly multi-member) into ``dest`` with size/ratio caps."""
+    compressed = max(src.stat().st_size, 1)
+    total = 0
+    try:
+        with gzip.open(src, "rb") as zin, dest.open("wb") as out:
+            while chunk := zin.read(_CHUNK):
+                total += len(chunk)
+                if total > limits.max_decompressed_bytes:
+                    raise PayloadTooLarge(
+                        f"decompressed size exceeds {limits.max_decompressed_bytes} bytes"
+                    )
+                if total > 64 * MiB and total / compressed > limits.max_compression_ratio:
+                    raise PayloadTooLarge(
+                        "compression ratio exceeds "
+                        f"{limits.max_compression_ratio:g}:1 (possible gzip bomb)"
+                    )
+                out.write(chunk)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InvalidInput(f"the gzip stream is corrupt: {type(exc).__name__}") from None
+    return total
+
+
+def detect_format(head: bytes, filename: str | None) -> Format:
+    """Decide the format from content (magic bytes first; the name only breaks ties)."""
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    if head.startswith((b"PK\x03\x04", b"7z\xbc\xaf", b"Rar!", b"BZh", b"\xfd7zXZ")):
+        raise UnsupportedMediaType("archives are not supported; upload CSV, Parquet or JSON Lines")
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "csv"  # UTF-16 text; only delimited text is accepted in UTF-16
+    if b"\x00" in head:
+        raise UnsupportedMediaType("the file looks binary, not CSV, Parquet or JSON Lines")
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    name = (filename or "").lower().removesuffix(".gz")
+    if text.startswith((b"{", b"[")) or name.endswith((".jsonl", ".ndjson", ".json")):
+        return "jsonl"
+    control = sum(1 for b in head[:4096] if b < 9 or 13 < b < 32)
+    if control > 8:
+        raise UnsupportedMediaType("the file looks binary, not CSV, Parquet or JSON Lines")
+    return "csv"
+
+
+def detect_encoding(head: bytes, *, complete: bool) -> Encoding:
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16"
+    sample = head
+    if not complete:  # the sample may end inside a multi-byte character
+        cut = sample.rfind(b"\n")
+        sample = sample[: cut + 1] if cut > 0 else sample[:-4]
+    try:
+        sample.decode("utf-8")
+    except UnicodeDecodeError:
+        return "latin-1"
+    return "utf-8"
+
+
+def _decode_sample(head: bytes, encoding: Encoding) -> str:
+    codec = {"utf-8": "utf-8-sig", "utf-16": "utf-16", "latin-1": "latin-1"}[encoding]
+    decoder = codecs.getincrementaldecoder(codec)(errors="replace")
+    return decoder.decode(head, final=False)
+
+
+def sniff_delimiter(text: str, quote: str) -> str:
+    """Choose the delimiter whose field count is consistent over the sample's records."""
+    best, best_score = ",", (0, 0)
+    for delim in _DELIMITERS:
+        try:
+            rows = list(_records(text, delim, quote, limit=200))
+        except csv.Error:
+            continue
+        if len(rows) > 1 and not text.endswith("\n"):
+            rows = rows[:-1]  # the last record of a sample may be cut off
+        counts = [len(r) for r in rows if r]
+        if not counts or max(counts) < 2:
+            continue
+        mode = max(set(counts), key=counts.count)
+        if mode < 2:
+            continue
+        score = (counts.count(mode), mode)
+        if score > best_score:
+            best, best_score = delim, score
+    return best
+
+
+def _records(text: str, delim: str, quote: str, limit: int) -> list[list[str]]:
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delim, quotechar=quote)
+    out: list[list[str]] = []
+    for row in reader:
+        out.append(row)
+        if len(out) >= limit:
+            break
+    return out
+
+
+def read_header(path: Path, encoding: Encoding, delim: str, quote: str, limit: int) -> list[str]:
+    """The first record of a delimited file, read within ``limit`` bytes."""
+    with path.open("rb") as handle:
+        head = handle.read(limit + 1)
+    text = _decode_sample(head[:limit], encoding)
+    if "\n" not in text and "\r" not in text and len(head) > limit:
+        raise InvalidInput(f"the header line is longer than {limit} bytes")
+    try:
+        rows = _records(text, delim, quote, limit=2)
+    except csv.Error as exc:
+        raise InvalidInput(f"the header line cannot be parsed: {exc}") from None
+    if not rows or (len(rows) == 1 and len(head) > limit):
+        raise InvalidInput(f"the header line is longer than {limit} bytes")
+    return rows[0]
+
+
+def check_column_names(names: Sequence[str], limits: IngestLimits) -> list[str]:
+    """Enforce the column cap; refuse duplicates (case-insensitive, as SQL sees them)."""
+    if len(names) > limits.max_columns:
+        raise InvalidInput(
+            f"the file has {len(names)} columns; at most {limits.max_columns} are allowed"
+        )
+    out = []
+    seen: dict[str, str] = {}
+    for i, raw in enumerate(names):
+        name = raw.strip() or f"column{i}"
+        if "\x00" in name:
+            raise InvalidInput(f"column {i} has a NUL character in its name")
+        if len(name.encode()) > 1024:
+            raise InvalidInput(f"column {i} has a name longer than 1024 bytes")
+        key = name.casefold()
+        if key in seen:
+            raise InvalidInput(f"duplicate column name {name!r} (also {seen[key]!r})")
+        seen[key] = name
+        out.append(name)
+    return out
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+_TEXT_TYPES = ("JSON",)
+
+
+def _normalise(name: str, dtype: str) -> str:
+    """A select expression turning ``name`` of DuckDB type ``dtype`` into a storable type."""
+    col = qident(name)
+    upper = dtype.upper()
+    if upper == "JSON":
+        return f"json_extract_string({col}, '$') AS {col}"
+    if upper.startswith("DECIMAL") or upper in ("HUGEINT", "UHUGEINT", "UBIGINT"):
+        return f"CAST({col} AS DOUBLE) AS {col}"
+    if upper in ("FLOAT", "DOUBLE", "BOOLEAN", "DATE", "VARCHAR") or upper in (
+        "TINYINT",
+        "SMALLINT",
+        "INTEGER",
+        "BIGINT",
+        "UTINYINT",
+        "USMALLINT",
+        "UINTEGER",
+    ):
+        return col
+    if upper.startswith("TIMESTAMP WITH TIME ZONE"):
+        return col
+    if upper.startswith("TIMESTAMP"):
+        return f"CAST({col} AS TIMESTAMP) AS {col}"
+    # nested, binary, uuid, interval, time, enum…: stored as text
+    return f"CAST({col} AS VARCHAR) AS {col}"
+
+
+def _describe(con: duckdb.DuckDBPyConnection, source_sql: str) -> list[tuple[str, str]]:
+    rows = con.execute(f"DESCRIBE SELECT * FROM {source_sql}").fetchall()
+    return [(str(r[0]), str(r[1])) for r in rows]
+
+
+def _csv_source(
+    path: Path,
+    *,
+    delim: str,
+    quote: str,
+    escape: str,
+    header: bool,
+    encoding: Encoding,
+    names: list[str] | None,
+    limits: IngestLimits,
+) -> str:
+    opts = [
+        f"delim={qstr(delim)}",
+        f"quote={qstr(quote)}",
+        f"escape={qstr(escape)}",
+        f"header={'true' if header else 'false'}",
+        f"encoding={qstr(encoding)}",
+        "allow_quoted_nulls=false",
+        "strict_mode=true",
+        "null_padding=false",
+        f"max_line_size={int(limits.max_line_bytes)}",
+        "sample_size=20480",
+    ]
+    if names is not None:
+        opts.append("names=[" + ", ".join(qstr(n) for n in names) + "]")
+    return f"read_csv({qstr(str(path))}, {', '.join(opts)})"
+
+
+def convert_to_parquet(
+    src: Path,
+    work_dir: Path,
+    *,
+    filename: str | None = None,
+    options: IngestOptions | None = None,
+    limits: IngestLimits | None = None,
+) -> IngestResult:
+    """Convert ``src`` (inside ``work_dir``) to ``work_dir/data.parquet``."""
+    options = options or IngestOptions()
+    limits = limits or IngestLimits()
+    size = src.stat().st_size
+    if size == 0:
+        raise InvalidInput("the file is empty")
+    head = _read_head(src)
+    compression = None
+    if head.startswith(b"\x1f\x8b"):
+        compression = "gzip"
+        plain = work_dir / "decompressed"
+        if gunzip_bounded(src, plain, limits) == 0:
+            raise InvalidInput("the file is empty (after decompression)")
+        src, head = plain, _read_head(plain)
+        if head.startswith(b"\x1f\x8b"):
+            raise UnsupportedMediaType("nested compression is not supported")
+    fmt = options.format or detect_format(head, filename)
+    out = work_dir / "data.parquet"
+    detected: dict[str, Any] = {}
+    con = connect(
+        allowed_directories=[work_dir],
+        memory_limit=limits.memory_limit,
+        threads=limits.threads,
+        temp_directory=work_dir / "spill",
+        max_temp_bytes=4 * 1024 * MiB,
+    )
+    replacements = {str(src): "<upload>", str(work_dir): "<work>"}
+    try:
+        if fmt == "parquet":
+            source_sql = f"read_parquet({qstr(str(src))})"
+            columns = _safe_describe(con, source_sql, replacements, "Parquet")
+            check_column_names([c[0] for c in columns], limits)
+        elif fmt == "jsonl":
+            source_sql = (
+                f"read_json({qstr(str(src))}, format='auto', records=true, "
+                f"maximum_object_size={int(limits.max_line_bytes)}, sample_size=20480)"
+            )
+            columns = _safe_describe(con, source_sql, replacements, "JSON")
+            check_column_names([c[0] for c in columns], limits)
+        else:
+            complete = size <= len(head)
+            encoding = options.encoding or detect_encoding(head, complete=complete)
+            text = _decode_sample(head, encoding)
+            quote = options.quote or '"'
+            delim = options.delimiter or sniff_delimiter(text, quote)
+            escape = options.escape or quote
+            header = True if options.header is None else options.header
+            detected = {
+                "delimiter": delim,
+                "quote": quote,
+                "escape": escape,
+                "header": header,
+                "encoding": encoding,
+            }
+            first = read_header(src, encoding, delim, quote, limits.max_line_bytes)
+            if header:
+                names = check_column_names(first, limits)
+            else:
+                check_column_names([f"column{i}" for i in range(len(first))], limits)
+                names = [f"column{i}" for i in range(len(first))]
+            if options.encoding is None and encoding == "utf-8":
+                # Non-UTF-8 bytes after the sample: fall back to Latin-1 (always decodable).
+                try:
+                    source_sql = _csv_source(
+                        src,
+                        delim=delim,
+                        quote=quote,
+                        escape=escape,
+                        header=header,
+                        encoding=encoding,
+                        names=names,
+                        limits=limits,
+                    )
+                    columns = _describe(con, source_sql)
+                except duckdb.Error as exc:
+                    if "unicode" not in str(exc).lower():
+                        raise InvalidInput(
+                            "cannot parse CSV: " + clean_error(exc, replacements=replacements)
+                        ) from None
+                    encoding = "latin-1"
+                    detected["encoding"] = encoding
+            source_sql = _csv_source(
+                src,
+                delim=delim,
+                quote=quote,
+                escape=escape,
+                header=header,
+                encoding=encoding,
+                names=names,
+                limits=limits,
+            )
+            columns = _safe_describe(con, source_sql, replacements, "CSV")
+        select = ", ".join(_normalise(name, dtype) for name, dtype in columns)
+        try:
+            result = con.execute(
+                f"COPY (SELECT {select} FROM {source_sql}) TO {qstr(str(out))} "
+                "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 122880)"
+            ).fetchall()[0]
+        except duckdb.Error as exc:
+            if fmt == "csv" and "unicode" in str(exc).lower() and options.encoding is None:
+                detected["encoding"] = "latin-1"
+                source_sql = source_sql.replace("encoding='utf-8'", "encoding='latin-1'")
+                try:
+                    result = con.execute(
+                        f"COPY (SELECT {select} FROM {source_sql}) TO {qstr(str(out))} "
+                        "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 122880)"
+                    ).fetchall()[0]
+                except duckdb.Error as exc2:
+                    raise _parse_error(fmt, exc2, replacements) from None
+            else:
+                raise _parse_error(fmt, exc, replacements) from None
+        rows = int(result[0]) if result else 0
+        final_columns = [(n, t) for n, t in _describe(con, f"read_parquet({qstr(str(out))})")]
+    finally:
+        con.close()
+    if rows == 0:
+        raise InvalidInput("the file has no data rows")
+    if rows > limits.max_rows:
+        raise PayloadTooLarge(f"the file has {rows} rows; at most {limits.max_rows} are allowed")
+    return IngestResult(
+        parquet_path=out,
+        row_count=rows,
+        columns=final_columns,
+        source_format=fmt,
+        compression=compression,
+        detected=detected,
+    )
+
+
+def _parse_error(fmt: str, exc: BaseException, replacements: dict[str, str]) -> InvalidInput:
+    label = {"csv": "CSV", "jsonl": "JSON", "parquet": "Parquet"}.get(fmt, fmt)
+    text = clean_error(exc, replacements=replacements)
+    if "maximum line size" in text.lower() or "max_line_size" in text.lower():
+        return InvalidInput(f"cannot parse {label}: a line or cell exceeds the size limit")
+    return InvalidInput(f"cannot parse {label}: {text}")
+
+
+def _safe_describe(
+    con: duckdb.DuckDBPyConnection, source_sql: str, replacements: dict[str, str], label: str
+) -> list[tuple[str, str]]:
+    try:
+        columns = _describe(con, source_sql)
+    except duckdb.Error as exc:
+        raise InvalidInput(
+            f"cannot parse {label}: {clean_error(exc, replacements=replacements)}"
+        ) from None
+    if not columns:
+        raise InvalidInput(f"the {label} file has no columns")
+    return columns
+
+
+def write_records_parquet(
+    records: Sequence[dict[str, Any]], work_dir: Path, limits: IngestLimits
+) -> Path:
+    """Write JSON records (the append path) as JSON Lines for the normal ingest pipeline."""
+    import orjson
+
+    path = work_dir / "records.jsonl"
+    with path.open("wb") as handle:
+        for record in records:
+            handle.write(orjson.dumps(record))
+            handle.write(b"\n")
+    return path

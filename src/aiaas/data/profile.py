@@ -1,0 +1,453 @@
+"""Schema inference and the profile / quality report of one Parquet version.
+
+All statistics come from DuckDB over the Parquet file in a few passes:
+
+1. one aggregate pass over every column: count, missing, distinct, min/max, mean, std,
+   quantiles, string lengths (exact ``count(DISTINCT)``/``quantile_cont`` up to
+   ``exact_rows`` rows, HyperLogLog/t-digest approximations above — the report says which);
+2. one pass for histograms, IQR outlier counts and top values of low-cardinality columns;
+3. duplicate rows: count of rows minus distinct row hashes (64-bit, exact up to collisions);
+4. a reservoir sample (``sample_rows``) for type-consistency checks, PII detection and an
+   IsolationForest anomaly share on the numeric columns.
+
+Schema types: ``integer``, ``float``, ``boolean``, ``string``, ``categorical`` (a text
+column with few distinct values relative to its size), ``datetime``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from aiaas.data.duck import connect, qident, qstr
+from aiaas.data.pii import detect_pii
+
+INT_TYPES = {
+    "TINYINT",
+    "SMALLINT",
+    "INTEGER",
+    "BIGINT",
+    "UTINYINT",
+    "USMALLINT",
+    "UINTEGER",
+    "UBIGINT",
+    "HUGEINT",
+}
+FLOAT_TYPES = {"FLOAT", "DOUBLE", "REAL"}
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+HIST_BINS = 20
+TOP_K = 10
+CATEGORICAL_MAX_DISTINCT = 50
+
+
+def base_type(physical: str) -> str:
+    """The schema type of a DuckDB physical type (before the categorical refinement)."""
+    upper = physical.upper()
+    if upper in INT_TYPES:
+        return "integer"
+    if upper in FLOAT_TYPES or upper.startswith("DECIMAL"):
+        return "float"
+    if upper == "BOOLEAN":
+        return "boolean"
+    if upper == "DATE" or upper.startswith("TIMESTAMP"):
+        return "datetime"
+    return "string"
+
+
+def is_categorical(distinct: int, non_null: int) -> bool:
+    return 0 < distinct <= CATEGORICAL_MAX_DISTINCT and distinct <= max(non_null, 1) * 0.5
+
+
+def infer_schema(
+    columns: list[tuple[str, str]], profile: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """``[{"name", "type", "physical", "nullable"}]`` for the version's columns."""
+    stats = {c["name"]: c for c in (profile or {}).get("columns", [])}
+    out = []
+    for name, physical in columns:
+        kind = base_type(physical)
+        st = stats.get(name)
+        if kind == "string" and st and is_categorical(st["distinct"], st["count"]):
+            kind = "categorical"
+        out.append(
+            {
+                "name": name,
+                "type": kind,
+                "physical": physical,
+                "nullable": bool(st["missing"]) if st else True,
+            }
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class ProfileLimits:
+    memory_limit: str = "1GB"
+    threads: int = 2
+    exact_rows: int = 1_000_000
+    sample_rows: int = 10_000
+    quantile_sample_rows: int = 200_000
+    pii_min_share: float = 0.3
+
+
+def _json_value(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return str(value)
+
+
+def _num(value: Any) -> float | None:
+    if value is None:
+        return None
+    f = float(value)
+    return f if math.isfinite(f) else None
+
+
+def profile_parquet(path: Path, limits: ProfileLimits | None = None) -> dict[str, Any]:
+    """Compute the profile and quality report of one Parquet file."""
+    limits = limits or ProfileLimits()
+    started = time.perf_counter()
+    con = connect(allowed_paths=[path], memory_limit=limits.memory_limit, threads=limits.threads)
+    try:
+        return _profile(con, path, limits, started)
+    finally:
+        con.close()
+
+
+def _profile(
+    con: duckdb.DuckDBPyConnection, path: Path, limits: ProfileLimits, started: float
+) -> dict[str, Any]:
+    src = f"read_parquet({qstr(str(path))})"
+    con.execute(f"CREATE VIEW t AS SELECT * FROM {src}")
+    described = con.execute("DESCRIBE t").fetchall()
+    columns = [(str(r[0]), str(r[1])) for r in described]
+    rows = int(con.execute("SELECT count(*) FROM t").fetchall()[0][0])
+    exact = rows <= limits.exact_rows
+    if exact:
+        con.execute("CREATE TEMP VIEW s AS SELECT * FROM t")
+    else:  # a Bernoulli row sample (~quantile_sample_rows) for quantiles, PII, types
+        pct = min(100.0, 100.0 * limits.quantile_sample_rows / rows)
+        con.execute(
+            f"CREATE TEMP TABLE s AS SELECT * FROM t USING SAMPLE {pct:.6f}% (bernoulli, 42)"
+        )
+
+    # ---- pass 1: per-column aggregates
+    exprs: list[str] = []
+    slots: list[tuple[str, str, str]] = []  # (column, stat, alias)
+
+    def add(colname: str, stat: str, expr: str) -> None:
+        alias = f"a{len(slots)}"
+        exprs.append(f"{expr} AS {alias}")
+        slots.append((colname, stat, alias))
+
+    kinds = {name: base_type(physical) for name, physical in columns}
+    for name, _physical in columns:
+        c = qident(name)
+        kind = kinds[name]
+        add(name, "count", f"count({c})")
+        add(name, "distinct", f"count(DISTINCT {c})" if exact else f"approx_count_distinct({c})")
+        if kind in ("integer", "float"):
+            x = f"CAST({c} AS DOUBLE)"
+            finite = f"CASE WHEN isfinite({x}) THEN {x} END"
+            add(name, "min", f"min({finite})")
+            add(name, "max", f"max({finite})")
+            add(name, "mean", f"avg({finite})")
+            add(name, "std", f"stddev_samp({finite})")
+            qs = "[" + ", ".join(str(q) for q in QUANTILES) + "]"
+            if exact:
+                add(name, "quantiles", f"quantile_cont({finite}, {qs})")
+        elif kind == "datetime":
+            add(name, "min", f"CAST(min({c}) AS VARCHAR)")
+            add(name, "max", f"CAST(max({c}) AS VARCHAR)")
+        elif kind == "boolean":
+            add(name, "true_count", f"count_if({c})")
+        else:
+            add(name, "min_length", f"min(length(CAST({c} AS VARCHAR)))")
+            add(name, "max_length", f"max(length(CAST({c} AS VARCHAR)))")
+            add(name, "max_bytes", f"max(strlen(CAST({c} AS VARCHAR)))")
+            add(name, "empty", f"count_if(CAST({c} AS VARCHAR) = '')")
+    values = con.execute(f"SELECT {', '.join(exprs)} FROM t").fetchall()[0] or ()
+    stats: dict[str, dict[str, Any]] = {name: {} for name, _ in columns}
+    for (colname, stat, _alias), value in zip(slots, values, strict=True):
+        stats[colname][stat] = value
+    if not exact:  # quantiles from the row sample (t-digest over all rows costs 7x more)
+        numeric = [n for n, _ in columns if kinds[n] in ("integer", "float")]
+        if numeric:
+            qs = "[" + ", ".join(str(q) for q in QUANTILES) + "]"
+            exprs_q = []
+            for n in numeric:
+                x = f"CAST({qident(n)} AS DOUBLE)"
+                exprs_q.append(f"quantile_cont(CASE WHEN isfinite({x}) THEN {x} END, {qs})")
+            qrow = con.execute(f"SELECT {', '.join(exprs_q)} FROM s").fetchall()[0]
+            for n, qv in zip(numeric, qrow, strict=True):
+                stats[n]["quantiles"] = qv
+
+    # ---- pass 2: histograms, outliers, top values
+    exprs, slots = [], []
+    for name, _physical in columns:
+        c = qident(name)
+        st = stats[name]
+        kind = kinds[name]
+        distinct = int(st["distinct"] or 0)
+        if kind in ("integer", "float") and st.get("min") is not None:
+            lo, hi = float(st["min"]), float(st["max"])
+            width = (hi - lo) / HIST_BINS if hi > lo else 1.0
+            st["_hist"] = (lo, width)
+            x = f"CAST({c} AS DOUBLE)"
+            bucket = (
+                f"least(greatest(CAST(floor(({x} - {lo!r}) / {width!r}) AS INTEGER), 0), "
+                f"{HIST_BINS - 1})"
+            )
+            add(name, "hist", f"histogram(CASE WHEN isfinite({x}) THEN {bucket} END)")
+            q = st.get("quantiles") or []
+            if len(q) == len(QUANTILES) and q[1] is not None and q[3] is not None:
+                iqr = float(q[3]) - float(q[1])
+                lower, upper = float(q[1]) - 1.5 * iqr, float(q[3]) + 1.5 * iqr
+                st["_iqr"] = (lower, upper)
+                add(name, "outliers", f"count_if({x} < {lower!r} OR {x} > {upper!r})")
+        v = f"CAST({c} AS VARCHAR)" if kind == "datetime" else c
+        if 0 < distinct <= 1000 and kind != "float":
+            add(name, "top", f"histogram({v})")
+    if exprs:
+        values = con.execute(f"SELECT {', '.join(exprs)} FROM t").fetchall()[0] or ()
+        for (colname, stat, _alias), value in zip(slots, values, strict=True):
+            stats[colname][stat] = value
+
+    # ---- pass 3: duplicate rows = rows minus distinct 64-bit row hashes
+    duplicates = 0
+    if columns and rows:
+        row_hash = "hash(" + ", ".join(qident(n) for n, _ in columns) + ")"
+        sql = f"SELECT count(DISTINCT {row_hash}) FROM t"
+        duplicates = rows - int(con.execute(sql).fetchall()[0][0])
+
+    # ---- pass 4: sample
+    sample_cols = [n for n, _ in columns if kinds[n] in ("string", "integer", "float")]
+    sample: dict[str, list[Any]] = {}
+    if sample_cols and rows:
+        sel = ", ".join(qident(n) for n in sample_cols)
+        con.execute(f"CREATE TEMP TABLE ps AS SELECT {sel} FROM s LIMIT {int(limits.sample_rows)}")
+        table = con.sql("SELECT * FROM ps").to_arrow_table()
+        sample = {n: table.column(i).to_pylist() for i, n in enumerate(sample_cols)}
+        consistency = _consistency(con, sample_cols, kinds)
+    else:
+        consistency = {}
+
+    report_columns = []
+    findings: list[dict[str, Any]] = []
+    total_missing = 0
+    outlier_cells = 0
+    numeric_cells = 0
+    inconsistent = 0
+    for name, physical in columns:
+        st = stats[name]
+        kind = kinds[name]
+        count = int(st["count"] or 0)
+        missing = rows - count
+        total_missing += missing
+        distinct = int(st["distinct"] or 0)
+        col: dict[str, Any] = {
+            "name": name,
+            "type": "categorical" if kind == "string" and is_categorical(distinct, count) else kind,
+            "physical": physical,
+            "count": count,
+            "missing": missing,
+            "missing_share": round(missing / rows, 6) if rows else 0.0,
+            "distinct": distinct,
+            "distinct_exact": exact,
+        }
+        if kind in ("integer", "float"):
+            col.update(
+                min=_num(st.get("min")),
+                max=_num(st.get("max")),
+                mean=_num(st.get("mean")),
+                std=_num(st.get("std")),
+                quantiles={
+                    f"p{int(q * 100):02d}": _num(v)
+                    for q, v in zip(QUANTILES, st.get("quantiles") or [], strict=False)
+                },
+                quantiles_exact=exact,
+            )
+            if "_hist" in st:
+                lo, width = st["_hist"]
+                counts = [0] * HIST_BINS
+                for k, v in (st.get("hist") or {}).items():
+                    if k is not None:
+                        counts[int(k)] = int(v)
+                col["histogram"] = {
+                    "edges": [lo + width * i for i in range(HIST_BINS + 1)],
+                    "counts": counts,
+                }
+            if "_iqr" in st:
+                n_out = int(st.get("outliers") or 0)
+                col["outliers"] = {
+                    "method": "iqr",
+                    "lower": st["_iqr"][0],
+                    "upper": st["_iqr"][1],
+                    "count": n_out,
+                    "share": round(n_out / count, 6) if count else 0.0,
+                }
+                outlier_cells += n_out
+                numeric_cells += count
+        elif kind == "datetime":
+            col.update(min=st.get("min"), max=st.get("max"))
+        elif kind == "boolean":
+            col["true_count"] = int(st.get("true_count") or 0)
+        else:
+            col.update(
+                min_length=st.get("min_length"),
+                max_length=st.get("max_length"),
+                max_bytes=st.get("max_bytes"),
+                empty=int(st.get("empty") or 0),
+            )
+        if st.get("top"):
+            top = sorted(st["top"].items(), key=lambda kv: (-int(kv[1]), str(kv[0])))[:TOP_K]
+            col["top_values"] = [{"value": _json_value(k), "count": int(v)} for k, v in top]
+        elif name in sample and kind == "string":
+            counter = Counter(v for v in sample[name] if v is not None)
+            col["top_values"] = [
+                {"value": v, "count": n} for v, n in counter.most_common(5) if n > 1
+            ]
+            col["top_values_from_sample"] = True
+        col_findings: list[dict[str, Any]] = []
+        if count and distinct <= 1:
+            col_findings.append({"kind": "constant", "detail": "the column has one value"})
+        if count == rows and rows > 1 and kind in ("integer", "string"):
+            if (exact and distinct == rows) or (not exact and distinct >= 0.97 * rows):
+                col_findings.append({"kind": "id_like", "detail": "every value is unique"})
+        if missing == rows and rows:
+            col_findings.append({"kind": "empty", "detail": "every value is missing"})
+        cons = consistency.get(name)
+        if cons:
+            col_findings.append(cons)
+            inconsistent += 1
+        if kind == "string" and name in sample:
+            pii = detect_pii(name, sample[name], min_share=limits.pii_min_share)
+            if pii:
+                col["pii"] = pii
+                col_findings.append(
+                    {
+                        "kind": "pii",
+                        "detail": "likely personal data: " + ", ".join(str(p["kind"]) for p in pii),
+                    }
+                )
+        col["findings"] = col_findings
+        for f in col_findings:
+            findings.append({"column": name, **f})
+        report_columns.append(col)
+
+    anomaly = _anomaly_share(sample, [n for n in sample_cols if kinds[n] in ("integer", "float")])
+    cells = rows * len(columns)
+    completeness = 1 - total_missing / cells if cells else 1.0
+    uniqueness = 1 - duplicates / rows if rows else 1.0
+    consistency_part = 1 - inconsistent / len(columns) if columns else 1.0
+    validity = 1 - outlier_cells / numeric_cells if numeric_cells else 1.0
+    parts = {
+        "completeness": round(completeness, 4),
+        "uniqueness": round(uniqueness, 4),
+        "consistency": round(consistency_part, 4),
+        "validity": round(validity, 4),
+    }
+    score = round(100 * sum(parts.values()) / 4, 1)
+    if duplicates:
+        findings.append(
+            {"column": None, "kind": "duplicates", "detail": f"{duplicates} duplicate rows"}
+        )
+    return {
+        "row_count": rows,
+        "column_count": len(columns),
+        "exact": exact,
+        "duplicate_rows": duplicates,
+        "duplicate_share": round(duplicates / rows, 6) if rows else 0.0,
+        "anomaly": anomaly,
+        "columns": report_columns,
+        "findings": findings,
+        "quality": {"score": score, **parts},
+        "sample_rows": min(rows, limits.sample_rows),
+        "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+    }
+
+
+def _literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return qstr(str(value))
+
+
+def _consistency(
+    con: duckdb.DuckDBPyConnection, cols: list[str], kinds: dict[str, str]
+) -> dict[str, dict[str, Any]]:
+    """Type-consistency findings for text columns, from the sample."""
+    text_cols = [n for n in cols if kinds[n] == "string"]
+    if not text_cols:
+        return {}
+    exprs = []
+    for n in text_cols:
+        v = f"NULLIF(trim(CAST({qident(n)} AS VARCHAR)), '')"
+        exprs += [
+            f"count({v})",
+            f"count(TRY_CAST({v} AS DOUBLE))",
+            f"count(TRY_CAST({v} AS TIMESTAMP))",
+        ]
+    row = con.execute(f"SELECT {', '.join(exprs)} FROM ps").fetchall()[0] or ()
+    out: dict[str, dict[str, Any]] = {}
+    for i, n in enumerate(text_cols):
+        total, nums, dates = (int(x or 0) for x in row[3 * i : 3 * i + 3])
+        if not total:
+            continue
+        num_share, date_share = nums / total, dates / total
+        if num_share >= 0.95:
+            out[n] = {"kind": "numbers_as_text", "detail": f"{num_share:.0%} of values are numbers"}
+        elif date_share >= 0.95:
+            out[n] = {"kind": "dates_as_text", "detail": f"{date_share:.0%} of values are dates"}
+        elif 0.2 <= max(num_share, date_share) < 0.95:
+            out[n] = {
+                "kind": "mixed_types",
+                "detail": f"{max(num_share, date_share):.0%} numbers/dates mixed with text",
+            }
+    return out
+
+
+def _anomaly_share(sample: dict[str, list[Any]], numeric: list[str]) -> dict[str, Any] | None:
+    """Share of sampled rows an IsolationForest flags as anomalous (numeric columns)."""
+    if not numeric:
+        return None
+    import numpy as np
+    from sklearn.ensemble import IsolationForest
+
+    matrix = np.array(
+        [[np.nan if v is None else float(v) for v in sample[n]] for n in numeric], dtype=float
+    ).T
+    if matrix.shape[0] < 20:
+        return None
+    matrix[~np.isfinite(matrix)] = np.nan
+    medians = np.nanmedian(np.where(np.isnan(matrix).all(axis=0), 0.0, matrix), axis=0)
+    idx = np.where(np.isnan(matrix))
+    matrix[idx] = np.take(medians, idx[1])
+    matrix = matrix[:5000]
+    forest = IsolationForest(n_estimators=50, random_state=0, n_jobs=1)
+    labels = forest.fit_predict(matrix)
+    share = float((labels == -1).mean())
+    return {
+        "method": "isolation_forest",
+        "share": round(share, 4),
+        "sample_rows": int(matrix.shape[0]),
+        "columns": numeric,
+    }
