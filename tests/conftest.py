@@ -32,7 +32,9 @@ from aiaas.settings import Settings
 ROLES = ("owner", "admin", "developer", "viewer")
 PASSWORD = "correct horse battery staple"
 TEST_PG_URL = os.environ.get("AIAAS_TEST_DATABASE_URL", "")
-PG_URL = os.environ.get("AIAAS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+PG_URL = os.environ.get(
+    "AIAAS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
 
 
 def postgres_admin_url() -> str | None:

@@ -58,10 +58,13 @@ def configure_logging(*, fmt: str = "console", level: str = "INFO") -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact_processor,
     ]
+    # Tracebacks without local variables: locals can hold keys, passwords and rows.
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        else structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
     )
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
@@ -71,7 +74,11 @@ def configure_logging(*, fmt: str = "console", level: str = "INFO") -> None:
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            *([structlog.processors.format_exc_info] if fmt == "json" else []),
+            renderer,
+        ],
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
@@ -79,6 +86,7 @@ def configure_logging(*, fmt: str = "console", level: str = "INFO") -> None:
     root.handlers = [handler]
     root.setLevel(level)
     # uvicorn's own access log is replaced by ours (it has no request id and no route template).
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("uvicorn.access").handlers = []
     logging.getLogger("uvicorn.access").propagate = False
     for name in ("uvicorn", "uvicorn.error"):

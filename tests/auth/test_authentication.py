@@ -65,7 +65,8 @@ def test_bad_credentials_are_401_problems(client, tenants, settings, header):
     assert_problem(response, 401, "unauthorized")
     assert response.headers["x-request-id"]
     denied = _audit_rows(settings, outcome="denied", status_code=401)
-    assert denied and denied[-1].action == "GET /api/v1/me"
+    assert denied
+    assert denied[-1].action == "GET /api/v1/me"
 
 
 def test_revoked_key_stops_working_at_once(client, tenants):
@@ -136,9 +137,16 @@ def test_jwt_failures_are_identical_401s(client, tenants, settings):
             settings, sub=user_id, org=org_id, nbf=datetime.now(UTC) + timedelta(hours=1)
         ),
         "forged": jwt.encode(
-            {"sub": user_id, "org": org_id, "ver": 0, "typ": "access", "iss": ISSUER,
-             "aud": AUDIENCE, "exp": datetime.now(UTC) + timedelta(minutes=5),
-             "iat": datetime.now(UTC)},
+            {
+                "sub": user_id,
+                "org": org_id,
+                "ver": 0,
+                "typ": "access",
+                "iss": ISSUER,
+                "aud": AUDIENCE,
+                "exp": datetime.now(UTC) + timedelta(minutes=5),
+                "iat": datetime.now(UTC),
+            },
             "not-the-server-key-but-long-enough-for-hs256!!",
             algorithm="HS256",
         ),
@@ -279,7 +287,8 @@ def test_fresh_install_has_no_default_credentials(client, settings):
 
     with get_session_factory(settings.resolved_database_url)() as session, session.begin():
         created = auth_service.bootstrap_if_empty(session, client.app.state.passwords)
-    assert created is not None and len(created.password) >= 20
+    assert created is not None
+    assert len(created.password) >= 20
     for user, password in [
         ("admin", "admin"),
         ("admin@localhost", "admin"),

@@ -20,6 +20,7 @@ from aiaas.auth.cache import ApiKeyCache
 from aiaas.auth.passwords import Passwords
 from aiaas.auth.permissions import Action
 from aiaas.auth.principal import Principal
+from aiaas.auth.tokens import sha256_hex
 from aiaas.db.base import utcnow
 from aiaas.db.pagination import PageParams
 from aiaas.errors import Forbidden, Unauthorized
@@ -81,7 +82,7 @@ def _lookup(request: Request, token: str) -> Principal | None:
                 return None
             principal, expires_at = found
             cache: ApiKeyCache = state.api_key_cache
-            cache.put(auth_service.sha256_hex(token), principal, expires_at)
+            cache.put(sha256_hex(token), principal, expires_at)
             return principal
         return auth_service.resolve_access_token(session, state.secret_key, token)
 
@@ -92,7 +93,7 @@ async def get_principal(request: Request) -> Principal:
     principal: Principal | None = None
     if auth_service.looks_like_api_key(token):
         cache: ApiKeyCache = request.app.state.api_key_cache
-        hit = cache.get(auth_service.sha256_hex(token))
+        hit = cache.get(sha256_hex(token))
         if hit is not None:
             cached, expires_at = hit
             if expires_at is None or expires_at > utcnow():

@@ -157,7 +157,10 @@ class PlatformMiddleware:
             )
         elif status == 400:
             body = problem_body(
-                400, "Bad request", "invalid Content-Length", code="bad_request",
+                400,
+                "Bad request",
+                "invalid Content-Length",
+                code="bad_request",
                 request_id=request_id,
             )
         else:

@@ -34,7 +34,9 @@ def iter_routes(app: FastAPI) -> Iterator[RouteInfo]:
                     getattr(ctx, "dependant", None),
                 )
         elif isinstance(route, APIRoute):
-            yield RouteInfo(route.path_format, frozenset(route.methods), route, route.dependant)
+            yield RouteInfo(
+                route.path_format, frozenset(route.methods or ()), route, route.dependant
+            )
         else:
             yield RouteInfo(
                 getattr(route, "path_format", getattr(route, "path", "")),

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import AwareDatetime
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Query, Request, Response, status
+from pydantic import AwareDatetime
 
 from aiaas.api.deps import PageDep, PasswordsDep, SessionDep, SettingsDep, require
 from aiaas.auth import audit
@@ -18,10 +18,10 @@ from aiaas.auth.schemas import (
     ApiKeyCreated,
     ApiKeyRead,
     AuditEventRead,
-    MeRead,
     MemberCreate,
     MemberRead,
     MemberUpdate,
+    MeRead,
     OrgRead,
     TokenResponse,
 )
@@ -242,5 +242,3 @@ def list_audit_events(
         items=[AuditEventRead.model_validate(e) for e in result.items],
         next_cursor=result.next_cursor,
     )
-
-

@@ -319,11 +319,14 @@ def _check_role_change(principal: Principal, old: Role | None, new: Role | None)
 
 
 def _owner_count(session: Session, org_id: str) -> int:
-    return session.scalar(
-        select(func.count())
-        .select_from(Membership)
-        .where(Membership.org_id == org_id, Membership.role == Role.owner.value)
-    ) or 0
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(Membership)
+            .where(Membership.org_id == org_id, Membership.role == Role.owner.value)
+        )
+        or 0
+    )
 
 
 def create_member(

@@ -25,7 +25,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 db_app = typer.Typer(help="Metadata database.", no_args_is_help=True)
-admin_app = typer.Typer(help="Administer organizations, users and keys directly.", no_args_is_help=True)
+admin_app = typer.Typer(
+    help="Administer organizations, users and keys directly.", no_args_is_help=True
+)
 app.add_typer(db_app, name="db")
 app.add_typer(admin_app, name="admin")
 
@@ -243,3 +245,7 @@ _register_optional()
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()
