@@ -42,8 +42,8 @@ typecheck: $(STAMP) ## mypy only
 migrate-check: $(STAMP) ## apply migrations to a scratch SQLite database and check models match
 	$(BIN)/python -m aiaas.db.check
 
-bench: $(STAMP) ## run the benchmarks (results printed and written to benchmarks/results/)
-	$(BIN)/python benchmarks/run_all.py
+bench: $(STAMP) ## run the benchmarks (BENCH="auth ingest" picks some); results in benchmarks/results/
+	$(BIN)/python benchmarks/run_all.py $(BENCH)
 
 check: lint migrate-check test ## what CI runs
 
