@@ -3,7 +3,9 @@
 from fastapi import APIRouter
 
 from aiaas.auth.router import router as auth_router
+from aiaas.data.router import router as data_router
 
 ROUTERS: list[APIRouter] = [
     auth_router,
+    data_router,
 ]

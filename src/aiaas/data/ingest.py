@@ -446,9 +446,7 @@ def _safe_describe(
     return columns
 
 
-def write_records_parquet(
-    records: Sequence[dict[str, Any]], work_dir: Path, limits: IngestLimits
-) -> Path:
+def write_records_jsonl(records: Sequence[dict[str, Any]], work_dir: Path) -> Path:
     """Write JSON records (the append path) as JSON Lines for the normal ingest pipeline."""
     import orjson
 

@@ -1,3 +1,4 @@
 """Imports every domain's ORM models so that ``Base.metadata`` is complete (Alembic, checks)."""
 
-import aiaas.auth.models  # noqa: F401
+import aiaas.auth.models
+import aiaas.data.models  # noqa: F401
