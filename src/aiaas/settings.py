@@ -67,6 +67,55 @@ class AuthSettings(BaseModel):
 class DataSettings(BaseModel):
     """Dataset ingest, profiling and SQL limits (owned by the data domain)."""
 
+    max_columns: int = Field(2000, ge=1, description="Most columns a dataset may have (422 above).")
+    max_line_bytes: int = Field(
+        8 * MiB, ge=1024, description="Longest CSV line / JSON record accepted while parsing."
+    )
+    max_cell_bytes: int = Field(
+        1 * MiB, ge=16, description="Largest single text value accepted in a dataset."
+    )
+    max_rows: int = Field(200_000_000, ge=1, description="Most rows one version may have.")
+    max_decompressed_bytes: int = Field(
+        20 * 1024 * MiB, ge=MiB, description="Cap on the decompressed size of a gzip upload."
+    )
+    max_compression_ratio: float = Field(
+        200.0, ge=2, description="Cap on decompressed/compressed size (gzip bombs → 413)."
+    )
+    max_append_records: int = Field(
+        100_000, ge=1, description="Most JSON records one append request may carry."
+    )
+    duckdb_memory_limit: str = Field(
+        "1GB", description="DuckDB memory limit for ingest, profiling and recipes."
+    )
+    duckdb_threads: int = Field(2, ge=1, description="DuckDB threads for ingest and profiling.")
+    profile_exact_rows: int = Field(
+        1_000_000,
+        ge=0,
+        description="Up to this many rows distinct counts and quantiles are exact; above, "
+        "HyperLogLog and a row sample are used (the profile says which).",
+    )
+    sql_timeout_s: float = Field(10.0, gt=0, le=3600, description="Wall-clock limit per query.")
+    sql_max_rows: int = Field(10_000, ge=1, description="Rows returned by one query at most.")
+    sql_max_bytes: int = Field(
+        64 * MiB, ge=1024, description="Bytes of result returned by one query at most."
+    )
+    sql_memory_limit: str = Field("512MB", description="DuckDB memory limit of a query process.")
+    sql_threads: int = Field(1, ge=1, description="DuckDB threads of a query process.")
+    sql_address_space_bytes: int = Field(
+        4 * 1024 * MiB,
+        ge=0,
+        description="RLIMIT_AS of a query process (0: unlimited).",
+    )
+    import_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts (names, IPs or CIDR networks) SQL import may connect to. "
+        "Empty: SQL import is disabled.",
+    )
+    import_max_rows: int = Field(10_000_000, ge=1, description="Most rows one SQL import reads.")
+    import_statement_timeout_s: int = Field(
+        300, ge=1, description="Statement timeout of an SQL import on the remote database."
+    )
+
 
 class Settings(BaseSettings):
     """All aiaas settings. Every field can be set as ``AIAAS_<NAME>``."""
