@@ -312,13 +312,11 @@ def _numeric(col: pd.Series) -> NDArray[np.float64]:
 
 def _dt_part(dt: pd.Series, part: str) -> NDArray[np.float64]:
     if part == "epoch_days":
-        ns = dt.astype("int64", copy=False) if not dt.isna().any() else None
-        if ns is not None:
-            return np.asarray(ns.to_numpy(dtype=np.float64) / 86_400e9, dtype=np.float64)
-        secs = (dt - pd.Timestamp(0)).dt.total_seconds()
+        secs = (dt - pd.Timestamp("1970-01-01")).dt.total_seconds()
         return np.asarray(secs.to_numpy(dtype=np.float64, na_value=np.nan) / 86_400.0)
-    acc = dt.dt.isocalendar().day - 1 if part == "weekday" else getattr(dt.dt, part)
-    return np.asarray(pd.Series(acc).to_numpy(dtype=np.float64, na_value=np.nan))
+    attr = {"weekday": "day_of_week", "dayofyear": "day_of_year"}.get(part, part)
+    acc = getattr(dt.dt, attr)
+    return np.asarray(pd.Series(acc).astype("float64").to_numpy(dtype=np.float64, na_value=np.nan))
 
 
 def detect_leakage(X: pd.DataFrame, y: NDArray[Any], task: str, columns: list[str]) -> list[str]:

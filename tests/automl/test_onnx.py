@@ -1,0 +1,113 @@
+"""ONNX parity: for every family that converts, ONNX Runtime matches the native model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.model_selection import train_test_split
+
+import aiaas.automl as automl
+from aiaas.automl.families import FAMILIES
+
+from .conftest import pmlb
+
+CONVERTING = [name for name, fam in FAMILIES.items() if fam.onnx]
+
+
+@pytest.fixture(scope="module")
+def binary_split(mixed_df):
+    return train_test_split(mixed_df, test_size=0.3, random_state=0, stratify=mixed_df.y)
+
+
+@pytest.fixture(scope="module")
+def multiclass_split():
+    df = pmlb("splice", n=600)  # all-categorical integer codes: one-hot + native categories
+    return train_test_split(df, test_size=0.3, random_state=0, stratify=df.target)
+
+
+@pytest.fixture(scope="module")
+def regression_split():
+    df = pmlb("537_houses", n=800)
+    return train_test_split(df, test_size=0.3, random_state=0)
+
+
+@pytest.mark.parametrize("family", CONVERTING)
+def test_onnx_matches_native_probabilities_binary(family, binary_split) -> None:
+    train, test = binary_split
+    model = automl.fit(train, "y", families=[family], time_budget=30, max_trials=1, n_jobs=1)
+    X = test.drop(columns="y")
+    assert model.to_onnx() is not None, f"{family} should convert"
+    native = model.predict_proba(X)
+    onnx = model.predict_proba(X, backend="onnx")
+    np.testing.assert_allclose(onnx, native, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", CONVERTING)
+def test_onnx_matches_native_probabilities_multiclass(family, multiclass_split) -> None:
+    train, test = multiclass_split
+    model = automl.fit(
+        train,
+        "target",
+        task="multiclass",
+        families=[family],
+        time_budget=30,
+        max_trials=1,
+        n_jobs=1,
+    )
+    X = test.drop(columns="target")
+    np.testing.assert_allclose(
+        model.predict_proba(X, backend="onnx"), model.predict_proba(X), atol=1e-5, rtol=0
+    )
+
+
+@pytest.mark.parametrize("family", CONVERTING)
+def test_onnx_matches_native_regression(family, regression_split) -> None:
+    train, test = regression_split
+    model = automl.fit(
+        train,
+        "target",
+        task="regression",
+        families=[family],
+        time_budget=30,
+        max_trials=1,
+        n_jobs=1,
+    )
+    X = test.drop(columns="target")
+    native = model.predict(X)
+    onnx = model.predict(X, backend="onnx")
+    # float32 graph: relative to the target's scale
+    np.testing.assert_allclose(
+        onnx, native, atol=1e-5 * float(np.abs(train.target).max()), rtol=1e-5
+    )
+
+
+def test_onnx_of_an_ensemble_matches_and_is_saved(binary_split, tmp_path) -> None:
+    train, test = binary_split
+    model = automl.fit(
+        train,
+        "y",
+        families=["lightgbm", "linear", "extra_trees"],
+        time_budget=30,
+        max_trials=5,
+        n_jobs=1,
+    )
+    X = test.drop(columns="y")
+    np.testing.assert_allclose(
+        model.predict_proba(X, backend="onnx"), model.predict_proba(X), atol=1e-5, rtol=0
+    )
+    path = model.save(tmp_path / "m")
+    manifest = (path / "manifest.json").read_text()
+    assert '"output": "probabilities"' in manifest
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path / "model.onnx"), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"input": model.transform(X)})[0]
+    np.testing.assert_allclose(out, model.predict_proba(X), atol=1e-5, rtol=0)
+
+
+def test_family_that_does_not_convert_serves_natively(binary_split) -> None:
+    train, test = binary_split
+    model = automl.fit(train, "y", families=["histgb"], time_budget=30, max_trials=1, n_jobs=1)
+    assert model.to_onnx() is None
+    with pytest.raises(automl.InvalidConfig, match="no ONNX"):
+        model.predict_proba(test.drop(columns="y"), backend="onnx")
