@@ -177,3 +177,24 @@ def test_openapi_lists_identity_routes(client):
         "/api/v1/auth/token",
     ):
         assert path in spec["paths"], path
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/v1/api-keys/key_%00",
+        "/api/v1/members/%00",
+        "/api/v1/audit-events?action=%00",
+        "/api/v1/audit-events?resource_id=a%00b",
+    ],
+)
+def test_nul_in_url_is_400_not_a_database_error(client, tenants, url):
+    assert_problem(client.get(url, headers=tenants.a.headers("admin")), 400, "bad_request")
+
+
+def test_control_characters_in_login_are_plain_401(client):
+    for username in ("a\x00@b.c", "a\n@b.c"):
+        response = client.post(
+            "/api/v1/auth/token", data={"username": username, "password": "whatever-pass"}
+        )
+        assert_problem(response, 401)

@@ -98,10 +98,17 @@ class PlatformMiddleware:
             await send(message)
 
         try:
+            if "\x00" in scope["path"] or b"%00" in scope.get("query_string", b""):
+                # NUL cannot be stored or compared in PostgreSQL text: refuse it at the edge.
+                status = 400
+                await self._send_problem(send, 400, request_id, limit, rid_header, "NUL in URL")
+                return
             declared = headers.get(b"content-length")
             if declared is not None and (not declared.isdigit() or int(declared) > limit):
                 status = 413 if declared.isdigit() else 400
-                await self._send_problem(send, status, request_id, limit, rid_header)
+                await self._send_problem(
+                    send, status, request_id, limit, rid_header, "invalid Content-Length"
+                )
                 return
             received = 0
 
@@ -145,7 +152,13 @@ class PlatformMiddleware:
             structlog.contextvars.unbind_contextvars("request_id")
 
     async def _send_problem(
-        self, send: Send, status: int, request_id: str, limit: int, rid_header: tuple[bytes, bytes]
+        self,
+        send: Send,
+        status: int,
+        request_id: str,
+        limit: int,
+        rid_header: tuple[bytes, bytes],
+        detail: str = "",
     ) -> None:
         if status == 413:
             body = problem_body(

@@ -247,7 +247,10 @@ def login(
     refresh_ttl: int,
 ) -> Tokens:
     """OAuth2 password grant. Unknown user and wrong password fail alike (and cost alike)."""
-    user = session.scalar(select(User).where(User.email == email.strip().lower()))
+    email = email.strip().lower()
+    # A control character cannot be in a stored email (and NUL breaks PostgreSQL text).
+    valid = not any(ord(ch) < 32 for ch in email)
+    user = session.scalar(select(User).where(User.email == email)) if valid else None
     ok = passwords.verify(user.password_hash if user else None, password)
     if user is None or not ok or not user.is_active:
         raise Unauthorized("invalid credentials")
