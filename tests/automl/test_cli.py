@@ -83,7 +83,8 @@ def test_fit_regression_from_gzipped_tsv(tmp_path) -> None:
     res = runner.invoke(app, ["predict", str(out), str(src), "--output", str(pred)])
     assert res.exit_code == 0, res.output
     frame = pd.read_csv(pred)
-    assert list(frame.columns) == ["prediction"] and len(frame) == 1000
+    assert list(frame.columns) == ["prediction"]
+    assert len(frame) == 1000
 
 
 @pytest.mark.parametrize(
@@ -125,7 +126,9 @@ def test_fit_errors_are_one_line_and_exit_2(tmp_path, frame, args, words) -> Non
     )
     assert res.exit_code == 2
     lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0]
+    assert len(lines) == 1
+    assert lines[0].startswith("error: ")
+    assert words in lines[0]
     assert not (tmp_path / "m").exists()
 
 
@@ -143,18 +146,21 @@ def test_unreadable_and_missing_files_exit_2(tmp_path) -> None:
             str(tmp_path / "m"),
         ],
     )
-    assert res.exit_code == 2 and "no such file" in res.stderr
+    assert res.exit_code == 2
+    assert "no such file" in res.stderr
     bad = tmp_path / "bad.parquet"
     bad.write_bytes(b"not parquet at all")
     res = runner.invoke(
         app,
         ["fit", str(bad), "--target", "y", "--time-budget", "3", "--output", str(tmp_path / "m")],
     )
-    assert res.exit_code == 2 and res.stderr.startswith("error: cannot read bad.parquet")
+    assert res.exit_code == 2
+    assert res.stderr.startswith("error: cannot read bad.parquet")
     res = runner.invoke(
         app, ["predict", str(tmp_path), str(bad), "--output", str(tmp_path / "p.csv")]
     )
-    assert res.exit_code == 2 and "manifest" in res.stderr
+    assert res.exit_code == 2
+    assert "manifest" in res.stderr
 
 
 def test_subprocess_module_entry_point(tmp_path) -> None:
@@ -200,4 +206,5 @@ def test_subprocess_module_entry_point(tmp_path) -> None:
         timeout=120,
     )
     assert bad.returncode == 2
-    assert bad.stderr.strip().count("\n") == 0 and "missing" in bad.stderr
+    assert bad.stderr.strip().count("\n") == 0
+    assert "missing" in bad.stderr

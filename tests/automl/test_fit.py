@@ -30,7 +30,8 @@ def test_binary_end_to_end(binary_df) -> None:
     assert auc > 0.95
     assert set(model.predict(test.drop(columns="label"))) <= {"benign", "malignant"}
     rep = model.report()
-    assert rep["metric"] == "roc_auc" and rep["cv_score"] > 0.9
+    assert rep["metric"] == "roc_auc"
+    assert rep["cv_score"] > 0.9
     assert rep["data"]["rows_used"] == len(train)
     assert len(model.leaderboard) == 4
     row = model.leaderboard[0]
@@ -67,7 +68,8 @@ def test_mixed_types_end_to_end(mixed_df) -> None:
     rep = model.report()
     assert set(rep["columns"]["dropped"]) == {"id", "constant"}
     sig = {c["name"]: c for c in model.signature["inputs"]}
-    assert sig["colour"]["type"] == "string" and sig["id"]["used"] is False
+    assert sig["colour"]["type"] == "string"
+    assert sig["id"]["used"] is False
     assert (
         sum(model.feature_importance.values()) == pytest.approx(1.0) or not model.feature_importance
     )

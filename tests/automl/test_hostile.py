@@ -75,9 +75,11 @@ def _base(n: int = 60, seed: int = 0) -> pd.DataFrame:
 def test_hostile_input_raises_typed_error(make, target, kwargs, error, words) -> None:
     with pytest.raises(error) as info:
         automl.fit(make(), target, **{**FAST, **kwargs})
-    assert isinstance(info.value, automl.AutoMLError) and isinstance(info.value, ValueError)
+    assert isinstance(info.value, automl.AutoMLError)
+    assert isinstance(info.value, ValueError)
     message = str(info.value)
-    assert words in message and "\n" not in message
+    assert words in message
+    assert "\n" not in message
 
 
 def test_nan_target_rows_are_dropped_and_reported() -> None:

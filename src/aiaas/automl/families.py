@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -193,7 +194,35 @@ class LightGBM(Family):
             cbs.append(lgb.early_stopping(50, first_metric_only=True, verbose=False))
         est.fit(X, y, sample_weight=w, callbacks=cbs, **kw)
         best = getattr(est, "best_iteration_", None) or est.n_estimators
+        if X_val is None:  # a final model: make it export to ONNX exactly
+            _float32_thresholds(est)
         return FitInfo(rounds=int(best))
+
+
+_THRESHOLDS = re.compile(r"^threshold=(.*)$", re.MULTILINE)
+
+
+def _float32_thresholds(est: Any) -> None:
+    """Round LightGBM's split thresholds down to float32 without changing any prediction.
+
+    Inputs are float32 values, LightGBM sends ``x <= t`` left with ``t`` a double; ONNX's tree
+    ensembles compare in float32, where ``float32(t)`` may round up past an input value and
+    flip the split. No float32 lies in ``(floor32(t), t]``, so replacing ``t`` by the largest
+    float32 below it keeps every native decision and makes the ONNX graph match exactly.
+    """
+    import lightgbm as lgb
+
+    def floor32(match: re.Match[str]) -> str:
+        vals = np.array(match.group(1).split(), dtype=np.float64)
+        f32 = vals.astype(np.float32)
+        up = f32.astype(np.float64) > vals
+        f32[up] = np.nextafter(f32[up], np.float32(-np.inf))
+        return "threshold=" + " ".join(repr(float(v)) for v in f32.astype(np.float64))
+
+    text = _THRESHOLDS.sub(floor32, est.booster_.model_to_string())
+    # the header's byte offsets no longer hold; without them LightGBM parses tree by tree
+    text = re.sub(r"^tree_sizes=.*\n", "", text, count=1, flags=re.MULTILINE)
+    est._Booster = lgb.Booster(model_str=text)
 
 
 def _has_kw(fn: Any, name: str) -> bool:
@@ -467,21 +496,19 @@ class KNN(Family):
         return ctx.n_rows <= 50_000
 
     def defaults(self, ctx: Context) -> list[Params]:
-        return [{"n_neighbors": 15, "weights": "distance"}]
+        return [{"n_neighbors": 15}]
 
     def suggest(self, trial: Any, ctx: Context) -> Params:
         f = self.name
-        return {
-            "n_neighbors": _p(trial, f, "int", "n_neighbors", 2, 100, log=True),
-            "weights": _p(trial, f, "categorical", "weights", ["uniform", "distance"]),
-        }
+        # distance weighting is not exported faithfully by skl2onnx: uniform votes only
+        return {"n_neighbors": _p(trial, f, "int", "n_neighbors", 2, 100, log=True)}
 
     def build(self, params: Params, ctx: Context, *, rounds: int | None = None) -> Any:
         from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 
         cls = KNeighborsClassifier if ctx.is_cls else KNeighborsRegressor
         k = min(int(params["n_neighbors"]), max(1, ctx.n_rows // 2))
-        model = cls(n_neighbors=k, weights=params["weights"], n_jobs=_n_threads(ctx))
+        model = cls(n_neighbors=k, weights="uniform", n_jobs=_n_threads(ctx))
         return Pipeline([("encode", _dense_encoder(ctx)), ("model", model)])
 
     def fit(self, est, X, y, w, X_val, y_val, ctx):  # type: ignore[no-untyped-def]
