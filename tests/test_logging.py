@@ -40,7 +40,9 @@ def test_json_logs_redact_secrets_and_skip_locals(capsys):
         assert "RuntimeError: boom" in lines[1]["exception"]
     finally:
         structlog.reset_defaults()
-        logging.getLogger().handlers = []
+        logging.getLogger().handlers = [
+            h for h in logging.getLogger().handlers if h.get_name() != "aiaas"
+        ]
 
 
 def test_redact_text():

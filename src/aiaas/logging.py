@@ -82,8 +82,10 @@ def configure_logging(*, fmt: str = "console", level: str = "INFO") -> None:
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
+    handler.set_name("aiaas")
     root = logging.getLogger()
-    root.handlers = [handler]
+    # Replace our own handler (reconfiguration), keep others (pytest's capture, for one).
+    root.handlers = [h for h in root.handlers if h.get_name() != "aiaas"] + [handler]
     root.setLevel(level)
     # uvicorn's own access log is replaced by ours (it has no request id and no route template).
     logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from fastapi import FastAPI
 
 import aiaas
@@ -15,6 +16,7 @@ from aiaas.api.routes import route_templates
 from aiaas.auth.cache import ApiKeyCache, LoginThrottle
 from aiaas.auth.passwords import Passwords
 from aiaas.db import get_session_factory
+from aiaas.logging import configure_logging
 from aiaas.monitoring.metrics import HttpMetrics
 from aiaas.settings import Settings, get_settings
 from aiaas.storage import get_store
@@ -38,6 +40,9 @@ PUBLIC_ROUTES: frozenset[str] = frozenset(
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the ASGI app for ``settings`` (migrations are applied by the caller)."""
     settings = settings or get_settings()
+    if not structlog.is_configured():
+        # Never the library default: its tracebacks print local variables (secrets).
+        configure_logging(fmt=settings.log_format, level=settings.log_level)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = FastAPI(
         title="aiaas",
