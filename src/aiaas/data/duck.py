@@ -59,6 +59,7 @@ def connect(
         "SET autoload_known_extensions=false",
         "SET allow_community_extensions=false",
         "SET python_enable_replacements=false",
+        "SET enable_external_file_cache=false",
         f"SET memory_limit={qstr(memory_limit)}",
         f"SET threads={int(threads)}",
         f"SET preserve_insertion_order={'true' if preserve_insertion_order else 'false'}",

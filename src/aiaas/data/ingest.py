@@ -250,7 +250,9 @@ def _normalise(name: str, dtype: str) -> str:
         return col
     if upper.startswith("TIMESTAMP"):
         return f"CAST({col} AS TIMESTAMP) AS {col}"
-    # nested, binary, uuid, interval, time, enum…: stored as text
+    if upper.startswith(("STRUCT", "MAP", "UNION")) or upper.endswith("]"):
+        return f"CAST(to_json({col}) AS VARCHAR) AS {col}"
+    # binary, uuid, interval, time, enum…: stored as text
     return f"CAST({col} AS VARCHAR) AS {col}"
 
 
