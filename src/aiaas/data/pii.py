@@ -64,7 +64,7 @@ def iban_ok(value: str) -> bool:
 
 
 def _is_phone(v: str) -> bool:
-    if not _PHONE.match(v) or _DATE_LIKE.match(v):
+    if not _PHONE.match(v) or _DATE_LIKE.match(v) or _is_ip(v):
         return False
     digits = re.sub(r"\D", "", v)
     if not 7 <= len(digits) <= 15:
