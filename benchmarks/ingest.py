@@ -1,0 +1,336 @@
+"""Ingest benchmark: aiaas's whole upload path vs pandas vs bare DuckDB, in one run.
+
+    python benchmarks/ingest.py [--rows 10000000] [--workdir DIR] [--keep]
+
+1. Generates the CSV with ../shared/bench/ingest/gen_csv.py (10M rows ≈ 1.1 GB; cached in
+   the work dir between runs). gen_csv.py writes through polars; when polars is not
+   installed, a stand-in writes the same generated table through DuckDB's CSV writer
+   (quotes only where needed, like polars' ``quote_style="necessary"``).
+2. Measures, each in its own process:
+   a. aiaas: ``aiaas serve`` (uvicorn) on 127.0.0.1, and a streamed httpx multipart upload to
+      ``POST /api/v1/datasets`` — stream to disk + SHA-256, convert to Parquet, profile,
+      store, commit. Peak memory is the server's VmHWM (peak RSS) from /proc.
+   b. pandas ``read_csv`` + ``to_parquet``;
+   c. DuckDB ``COPY (SELECT * FROM read_csv_auto(...)) TO ... (FORMAT parquet)`` with
+      ``memory_limit='1GB'`` and ``preserve_insertion_order=false``;
+   d. the profile alone (aiaas.data.profile over the Parquet file), and pandas ``describe``.
+3. Prints a markdown table and writes it to benchmarks/results/ingest.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import runpy
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+GEN_CSV = REPO.parent / "shared" / "bench" / "ingest" / "gen_csv.py"
+MiB = 1024 * 1024
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _polars_standin() -> None:
+    """A minimal ``polars`` for gen_csv.py: from_arrow(t).write_csv(f, ...) via DuckDB."""
+    import types
+
+    import duckdb
+
+    class _Frame:
+        def __init__(self, table: object) -> None:
+            self.table = table
+
+        def write_csv(self, f: object, include_header: bool = True, quote_style: str = "") -> None:
+            con = duckdb.connect()
+            con.register("chunk", self.table)
+            with tempfile.NamedTemporaryFile(suffix=".csv") as tmp:
+                header = "true" if include_header else "false"
+                con.execute(f"COPY chunk TO '{tmp.name}' (HEADER {header}, DELIMITER ',')")
+                with open(tmp.name, "rb") as part:
+                    shutil.copyfileobj(part, f, 16 * MiB)  # type: ignore[misc]
+            con.close()
+
+    module = types.ModuleType("polars")
+    module.from_arrow = _Frame  # type: ignore[attr-defined]
+    sys.modules["polars"] = module
+
+
+def generate(path: Path, rows: int) -> None:
+    if path.exists():
+        return
+    try:
+        import polars  # noqa: F401
+
+        writer = "polars"
+    except ImportError:
+        _polars_standin()
+        writer = "duckdb stand-in for polars"
+    print(f"generating {rows:,} rows with gen_csv.py ({writer}) ...", flush=True)
+    tmp = path.with_suffix(".partial")
+    argv = sys.argv
+    sys.argv = [str(GEN_CSV), str(tmp), "--rows", str(rows)]
+    try:
+        runpy.run_path(str(GEN_CSV), run_name="__main__")
+    finally:
+        sys.argv = argv
+    tmp.replace(path)
+
+
+# --------------------------------------------------------------------------- measured children
+
+CHILD_PANDAS = """
+import json, resource, sys, time
+import pandas as pd
+t = time.perf_counter()
+df = pd.read_csv(sys.argv[1])
+df.to_parquet(sys.argv[2])
+dt = time.perf_counter() - t
+print(json.dumps({"seconds": dt, "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+CHILD_DUCKDB = """
+import json, resource, sys, time
+import duckdb
+con = duckdb.connect()
+con.execute("SET memory_limit='1GB'")
+con.execute("SET preserve_insertion_order=false")
+con.execute(f"SET temp_directory='{sys.argv[3]}'")
+t = time.perf_counter()
+con.execute(f"COPY (SELECT * FROM read_csv_auto('{sys.argv[1]}')) TO '{sys.argv[2]}' (FORMAT parquet)")
+dt = time.perf_counter() - t
+print(json.dumps({"seconds": dt, "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+CHILD_PROFILE = """
+import json, resource, sys, time
+from pathlib import Path
+import sklearn.ensemble  # imported once per server process; not part of a profile's cost
+from aiaas.data.profile import profile_parquet
+t = time.perf_counter()
+report = profile_parquet(Path(sys.argv[1]))
+dt = time.perf_counter() - t
+print(json.dumps({"seconds": dt, "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  "rows": report["row_count"]}))
+"""
+
+CHILD_DESCRIBE = """
+import json, resource, sys, time
+import pandas as pd
+df = pd.read_parquet(sys.argv[1])
+t = time.perf_counter()
+df.describe(include="all")
+dt = time.perf_counter() - t
+print(json.dumps({"seconds": dt, "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+
+def run_child(code: str, *args: str) -> dict[str, float]:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-2000:])
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _vm_hwm(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def measure_aiaas(csv: Path, work: Path) -> dict[str, float]:
+    import httpx
+
+    data_dir = work / "aiaas-data"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    env = {
+        **os.environ,
+        "AIAAS_DATA_DIR": str(data_dir),
+        "AIAAS_LOG_LEVEL": "WARNING",
+        "AIAAS_LIMITS__MAX_UPLOAD_BYTES": str(64 * 1024 * MiB),
+    }
+    aiaas = [sys.executable, "-m", "aiaas.cli.main"]
+    subprocess.run(
+        [*aiaas, "admin", "create-org", "bench"], env=env, check=True, capture_output=True
+    )
+    key = subprocess.run(
+        [*aiaas, "admin", "create-api-key", "--org", "bench", "--role", "owner"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    port = _free_port()
+    server = subprocess.Popen(
+        [*aiaas, "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        # warm-up (imports on first use), not measured
+        headers = {"Authorization": f"Bearer {key}"}
+        warm = httpx.post(
+            f"{base}/api/v1/datasets",
+            headers=headers,
+            files={"file": ("warm.csv", b"a,b\n1,2\n3,4\n")},
+            data={"name": "warm"},
+            timeout=60,
+        )
+        warm.raise_for_status()
+        baseline = _vm_hwm(server.pid)
+        t = time.perf_counter()
+        with csv.open("rb") as handle:
+            response = httpx.post(
+                f"{base}/api/v1/datasets",
+                headers=headers,
+                files={"file": (csv.name, handle, "text/csv")},
+                data={"name": "bench"},
+                timeout=3600,
+            )
+        seconds = time.perf_counter() - t
+        if response.status_code != 201:
+            raise RuntimeError(f"upload failed: {response.status_code} {response.text[:500]}")
+        peak = _vm_hwm(server.pid)
+        version = response.json()["version"]
+        prof = httpx.get(
+            f"{base}/api/v1/datasets/{response.json()['id']}/versions/1/profile",
+            headers=headers,
+            timeout=60,
+        ).json()
+        return {
+            "seconds": seconds,
+            "rss": peak,
+            "baseline_rss": baseline,
+            "rows": version["row_count"],
+            "profile_ms": prof["duration_ms"],
+        }
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--rows", type=int, default=10_000_000)
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--keep", action="store_true", help="keep the work dir (and CSV cache)")
+    args = ap.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="aiaas-bench-ingest-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        csv = work / f"gen_{args.rows}.csv"
+        generate(csv, args.rows)
+        size = csv.stat().st_size
+        mib = size / MiB
+        print(f"CSV: {args.rows:,} rows, {mib:,.0f} MiB", flush=True)
+
+        results: dict[str, dict[str, float]] = {}
+        print("aiaas upload ...", flush=True)
+        results["aiaas"] = measure_aiaas(csv, work)
+        print("pandas read_csv + to_parquet ...", flush=True)
+        results["pandas"] = run_child(CHILD_PANDAS, str(csv), str(work / "pandas.parquet"))
+        print("duckdb COPY ...", flush=True)
+        (work / "spill").mkdir(exist_ok=True)
+        results["duckdb"] = run_child(
+            CHILD_DUCKDB, str(csv), str(work / "duckdb.parquet"), str(work / "spill")
+        )
+        print("profile alone ...", flush=True)
+        results["profile"] = run_child(CHILD_PROFILE, str(work / "duckdb.parquet"))
+        print("pandas describe ...", flush=True)
+        results["describe"] = run_child(CHILD_DESCRIBE, str(work / "pandas.parquet"))
+
+        pandas_rate = mib / results["pandas"]["seconds"]
+        lines = [
+            f"# Ingest benchmark ({args.rows:,} rows, {mib:,.0f} MiB CSV from gen_csv.py)",
+            "",
+            f"Machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; "
+            f"run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+            "",
+            "| path | seconds | MiB/s | × pandas | peak RSS (MiB) |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        labels = {
+            "aiaas": "aiaas upload (HTTP stream → disk + SHA-256 → Parquet → profile → commit)",
+            "pandas": "pandas read_csv + to_parquet",
+            "duckdb": "DuckDB COPY read_csv_auto → Parquet (1 GB limit, no order)",
+        }
+        for key, label in labels.items():
+            r = results[key]
+            rate = mib / r["seconds"]
+            lines.append(
+                f"| {label} | {r['seconds']:.1f} | {rate:.0f} | {rate / pandas_rate:.2f} | "
+                f"{r['rss'] / MiB:.0f} |"
+            )
+        lines += [
+            "",
+            "| profile | seconds | peak RSS (MiB) |",
+            "| --- | ---: | ---: |",
+            f"| aiaas profile alone (DuckDB over the Parquet, {int(results['profile']['rows']):,} "
+            f"rows) | {results['profile']['seconds']:.2f} | {results['profile']['rss'] / MiB:.0f} |",
+            f"| (same, inside the upload above) | {results['aiaas']['profile_ms'] / 1000:.2f} | — |",
+            f"| pandas describe(include='all') | {results['describe']['seconds']:.2f} | "
+            f"{results['describe']['rss'] / MiB:.0f} |",
+            "",
+            f"aiaas server RSS before the upload: {results['aiaas']['baseline_rss'] / MiB:.0f} MiB "
+            "(peak RSS is the process high-water mark, VmHWM).",
+            "",
+            "Targets: aiaas upload ≥ 2× pandas throughput with peak memory < 1 GiB; "
+            "profile < 5 s on 10M rows.",
+        ]
+        table = "\n".join(lines) + "\n"
+        print()
+        print(table)
+        out = HERE / "results" / "ingest.md"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(table)
+        return 0
+    finally:
+        if not args.keep and args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    _ = resource  # (children report their own getrusage)
+    sys.exit(main())
