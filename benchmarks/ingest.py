@@ -109,7 +109,8 @@ con.execute("SET memory_limit='1GB'")
 con.execute("SET preserve_insertion_order=false")
 con.execute(f"SET temp_directory='{sys.argv[3]}'")
 t = time.perf_counter()
-con.execute(f"COPY (SELECT * FROM read_csv_auto('{sys.argv[1]}')) TO '{sys.argv[2]}' (FORMAT parquet)")
+src, dst = sys.argv[1], sys.argv[2]
+con.execute(f"COPY (SELECT * FROM read_csv_auto('{src}')) TO '{dst}' (FORMAT parquet)")
 dt = time.perf_counter() - t
 print(json.dumps({"seconds": dt, "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 """
@@ -282,6 +283,7 @@ def main() -> int:
         results["describe"] = run_child(CHILD_DESCRIBE, str(work / "pandas.parquet"))
 
         pandas_rate = mib / results["pandas"]["seconds"]
+        prof, up = results["profile"], results["aiaas"]
         lines = [
             f"# Ingest benchmark ({args.rows:,} rows, {mib:,.0f} MiB CSV from gen_csv.py)",
             "",
@@ -307,9 +309,9 @@ def main() -> int:
             "",
             "| profile | seconds | peak RSS (MiB) |",
             "| --- | ---: | ---: |",
-            f"| aiaas profile alone (DuckDB over the Parquet, {int(results['profile']['rows']):,} "
-            f"rows) | {results['profile']['seconds']:.2f} | {results['profile']['rss'] / MiB:.0f} |",
-            f"| (same, inside the upload above) | {results['aiaas']['profile_ms'] / 1000:.2f} | — |",
+            f"| aiaas profile alone (DuckDB over the Parquet, {int(prof['rows']):,} "
+            f"rows) | {prof['seconds']:.2f} | {prof['rss'] / MiB:.0f} |",
+            f"| (same, inside the upload above) | {up['profile_ms'] / 1000:.2f} | — |",
             f"| pandas describe(include='all') | {results['describe']['seconds']:.2f} | "
             f"{results['describe']['rss'] / MiB:.0f} |",
             "",
