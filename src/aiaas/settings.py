@@ -85,7 +85,9 @@ class DataSettings(BaseModel):
         100_000, ge=1, description="Most JSON records one append request may carry."
     )
     duckdb_memory_limit: str = Field(
-        "1GB", description="DuckDB memory limit for ingest, profiling and recipes."
+        "512MB",
+        description="DuckDB memory limit for ingest, profiling and recipes (it spills to "
+        "the scratch directory beyond it).",
     )
     duckdb_threads: int = Field(2, ge=1, description="DuckDB threads for ingest and profiling.")
     profile_exact_rows: int = Field(

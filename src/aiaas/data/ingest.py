@@ -393,7 +393,7 @@ def convert_to_parquet(
         try:
             result = con.execute(
                 f"COPY (SELECT {select} FROM {source_sql}) TO {qstr(str(out))} "
-                "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 122880)"
+                "(FORMAT parquet, COMPRESSION snappy, ROW_GROUP_SIZE 122880)"
             ).fetchall()[0]
         except duckdb.Error as exc:
             if fmt == "csv" and "unicode" in str(exc).lower() and options.encoding is None:
@@ -402,7 +402,7 @@ def convert_to_parquet(
                 try:
                     result = con.execute(
                         f"COPY (SELECT {select} FROM {source_sql}) TO {qstr(str(out))} "
-                        "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 122880)"
+                        "(FORMAT parquet, COMPRESSION snappy, ROW_GROUP_SIZE 122880)"
                     ).fetchall()[0]
                 except duckdb.Error as exc2:
                     raise _parse_error(fmt, exc2, replacements) from None

@@ -177,8 +177,9 @@ def _profile(
         elif kind == "boolean":
             add(name, "true_count", f"count_if({c})")
         else:
-            add(name, "min_length", f"min(length(CAST({c} AS VARCHAR)))")
-            add(name, "max_length", f"max(length(CAST({c} AS VARCHAR)))")
+            if exact:  # character lengths cost a UTF-8 decode per value
+                add(name, "min_length", f"min(length(CAST({c} AS VARCHAR)))")
+                add(name, "max_length", f"max(length(CAST({c} AS VARCHAR)))")
             add(name, "max_bytes", f"max(strlen(CAST({c} AS VARCHAR)))")
             add(name, "empty", f"count_if(CAST({c} AS VARCHAR) = '')")
     stats: dict[str, dict[str, Any]] = {name: {} for name, _ in columns}
@@ -228,9 +229,13 @@ def _profile(
     # ---- pass 3: duplicate rows = rows minus distinct 64-bit row hashes
     duplicates = 0
     if columns and rows:
-        row_hash = "hash(" + ", ".join(qident(n) for n, _ in columns) + ")"
-        sql = f"SELECT count(DISTINCT {row_hash}) FROM t"
-        duplicates = rows - int(con.execute(sql).fetchall()[0][0])
+        key = _unique_column(con, columns, kinds, stats, rows, exact)
+        if key is not None:
+            stats[key]["unique_verified"] = True  # a unique column: no duplicate rows
+        else:
+            row_hash = "hash(" + ", ".join(qident(n) for n, _ in columns) + ")"
+            sql = f"SELECT count(DISTINCT {row_hash}) FROM t"
+            duplicates = rows - int(con.execute(sql).fetchall()[0][0])
 
     # ---- pass 4: sample
     sample_cols = [n for n, _ in columns if kinds[n] in ("string", "integer", "float")]
@@ -257,6 +262,8 @@ def _profile(
         missing = rows - count
         total_missing += missing
         distinct = int(st["distinct"] or 0)
+        if st.get("unique_verified"):
+            distinct = rows
         col: dict[str, Any] = {
             "name": name,
             "type": "categorical" if kind == "string" and is_categorical(distinct, count) else kind,
@@ -265,7 +272,7 @@ def _profile(
             "missing": missing,
             "missing_share": round(missing / rows, 6) if rows else 0.0,
             "distinct": distinct,
-            "distinct_exact": exact,
+            "distinct_exact": exact or bool(st.get("unique_verified")),
         }
         if kind in ("integer", "float"):
             col.update(
@@ -385,6 +392,38 @@ def _profile(
 
 
 AGG_CHUNK = 192
+
+
+def _unique_column(
+    con: duckdb.DuckDBPyConnection,
+    columns: list[tuple[str, str]],
+    kinds: dict[str, str],
+    stats: dict[str, dict[str, Any]],
+    rows: int,
+    exact: bool,
+) -> str | None:
+    """A column with no nulls and all values distinct, if one exists (checked exactly).
+
+    Such a column proves there are no duplicate rows, and counting its distinct values is
+    much cheaper than hashing whole rows (10M rows: ~0.4 s vs ~2.5 s).
+    """
+    candidates = [
+        n
+        for n, _ in columns
+        if kinds[n] in ("integer", "string")
+        and int(stats[n]["count"] or 0) == rows
+        and int(stats[n]["distinct"] or 0) >= (rows if exact else 0.97 * rows)
+    ]
+    candidates.sort(key=lambda n: kinds[n] != "integer")  # integers are cheapest
+    for name in candidates[:1]:
+        if exact:
+            return name
+        sql = f"SELECT count(DISTINCT {qident(name)}) FROM t"
+        if int(con.execute(sql).fetchall()[0][0]) == rows:
+            return name
+    return None
+
+
 PASS1_COLUMNS = 32
 PASS2_COLUMNS = 1
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import anyio
+import structlog
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
@@ -32,6 +34,7 @@ from aiaas.data.schemas import (
 from aiaas.data.upload import receive_upload
 from aiaas.errors import InvalidInput
 
+log = structlog.get_logger()
 datasets_router = APIRouter(prefix="/datasets", tags=["datasets"])
 sql_router = APIRouter(prefix="/sql", tags=["sql"])
 
@@ -64,8 +67,12 @@ _UPLOAD_DOC: dict[str, Any] = {
 async def _receive(request: Request, settings: Any) -> tuple[Path, Any]:
     wd = settings.data_dir / "tmp" / "ingest" / uuid.uuid4().hex
     wd.mkdir(parents=True, mode=0o700)
+    started = time.perf_counter()
     try:
         upload = await receive_upload(request, wd / "upload", settings.limits.max_upload_bytes)
+        log.info(
+            "upload_received", bytes=upload.size, receive_s=round(time.perf_counter() - started, 3)
+        )
     except BaseException:
         await anyio.to_thread.run_sync(_rmtree, wd)
         raise

@@ -16,12 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import structlog
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -38,6 +40,8 @@ from aiaas.db.base import scoped, utcnow
 from aiaas.errors import Conflict, InvalidInput, NotFound
 from aiaas.settings import Settings
 from aiaas.storage import ArtifactStore
+
+log = structlog.get_logger()
 
 PROFILE_FILE = "profile.json"
 DATA_FILE = "data.parquet"
@@ -134,7 +138,9 @@ def _store_version(
     recipe: list[dict[str, Any]] | None = None,
 ) -> DatasetVersion:
     """Profile ``parquet``, store it and its profile, then add the version row."""
+    started = time.perf_counter()
     report = profile.profile_parquet(parquet, profile_limits(settings))
+    profiled = time.perf_counter()
     _check_cells(report, settings)
     import duckdb
 
@@ -178,6 +184,14 @@ def _store_version(
         dataset.updated_at = utcnow()
         session.add(version)
         session.flush()
+        log.info(
+            "dataset_version_created",
+            dataset_id=dataset.id,
+            number=version.number,
+            rows=version.row_count,
+            profile_s=round(profiled - started, 3),
+            store_s=round(time.perf_counter() - profiled, 3),
+        )
     except IntegrityError:
         store.delete_prefix(principal.org_id, prefix)
         raise Conflict("another version of this dataset was created at the same time") from None
@@ -298,8 +312,14 @@ def create_dataset(
     """Create a dataset whose version 1 is the uploaded file (upload is inside a work dir)."""
     _ensure_name_free(session, principal, name)
     options = _options(fields)
+    started = time.perf_counter()
     result = ingest.convert_to_parquet(
         upload, upload.parent, filename=filename, options=options, limits=ingest_limits(settings)
+    )
+    log.info(
+        "dataset_converted",
+        rows=result.row_count,
+        convert_s=round(time.perf_counter() - started, 3),
     )
     dataset = Dataset(
         org_id=principal.org_id,
