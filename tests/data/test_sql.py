@@ -160,3 +160,25 @@ def test_python_frame_variables_unreachable():
     secret_canary = [1, 2, 3]  # noqa: F841 - what a replacement scan would find
     with pytest.raises(Exception, match="does not exist"):
         run_query({}, "SELECT * FROM secret_canary")
+
+
+def test_preflight_refuses_a_misconfigured_connection(tmp_path):
+    import duckdb
+
+    from aiaas.data.duck import SandboxMisconfigured, connect, verify_locked
+
+    good = connect(allowed_paths=[tmp_path / "a.parquet"])
+    verify_locked(good, [tmp_path / "a.parquet"])
+    good.close()
+    # the order bug: external access switched off before the allow-list was set
+    bad = duckdb.connect(":memory:")
+    bad.execute("SET enable_external_access=false")
+    with pytest.raises(duckdb.Error):
+        bad.execute(f"SET allowed_paths=['{tmp_path / 'a.parquet'}']")
+    with pytest.raises(SandboxMisconfigured):
+        verify_locked(bad, [tmp_path / "a.parquet"])
+    bad.close()
+    unlocked = duckdb.connect(":memory:")
+    with pytest.raises(SandboxMisconfigured, match="enable_external_access"):
+        verify_locked(unlocked, [])
+    unlocked.close()

@@ -81,6 +81,44 @@ def connect(
     return con
 
 
+_LOCKED = {
+    "enable_external_access": "false",
+    "lock_configuration": "true",
+    "autoinstall_known_extensions": "false",
+    "autoload_known_extensions": "false",
+    "allow_community_extensions": "false",
+    "allow_unsigned_extensions": "false",
+    "python_enable_replacements": "false",
+}
+
+
+class SandboxMisconfigured(RuntimeError):
+    """The connection is not locked down as expected: refuse to run tenant SQL on it."""
+
+
+def verify_locked(con: duckdb.DuckDBPyConnection, allowed_paths: Sequence[str | Path]) -> None:
+    """Pre-flight check of the effective settings before any tenant SQL runs (SQL-02).
+
+    Guards against an upgrade changing a default or the setup order going wrong (e.g.
+    ``allowed_paths`` set after the external-access switch): any difference refuses.
+    """
+    names = [*_LOCKED, "allowed_directories", "allowed_paths"]
+    placeholders = ", ".join("?" for _ in names)
+    rows = con.execute(
+        f"SELECT name, value FROM duckdb_settings() WHERE name IN ({placeholders})", names
+    ).fetchall()
+    actual = {str(name): str(value).lower() for name, value in rows}
+    for name, expected in _LOCKED.items():
+        if actual.get(name) != expected:
+            raise SandboxMisconfigured(f"{name} is {actual.get(name)!r}, expected {expected!r}")
+    if actual.get("allowed_directories") not in ("[]", ""):
+        raise SandboxMisconfigured("allowed_directories must be empty for tenant SQL")
+    listed = actual.get("allowed_paths", "")
+    for path in allowed_paths:
+        if str(path).lower().rsplit("/", 1)[-1] not in listed:
+            raise SandboxMisconfigured(f"allowed_paths lacks {path}")
+
+
 _PATH_RE = re.compile(r"(?:[A-Za-z]:)?/[^\s\"'`,)/]+/[^\s\"'`,)]+")
 _STOP = ("Possible", "LINE ", "  file =", "The search space", "* ")
 

@@ -45,7 +45,14 @@ def main() -> int:
     import duckdb
     import pyarrow as pa
 
-    from aiaas.data.duck import clean_error, connect, qident, qstr
+    from aiaas.data.duck import (
+        SandboxMisconfigured,
+        clean_error,
+        connect,
+        qident,
+        qstr,
+        verify_locked,
+    )
 
     views: dict[str, str] = request["views"]
     try:
@@ -55,7 +62,8 @@ def main() -> int:
             threads=threads,
             max_execution_ms=int(timeout_s * 1000),
         )
-    except duckdb.Error as exc:  # pragma: no cover - setup failure is a platform bug
+        verify_locked(con, sorted(set(views.values())))
+    except (duckdb.Error, SandboxMisconfigured) as exc:  # pragma: no cover - a platform bug
         _fail(f"sandbox setup failed: {clean_error(exc)}", "internal")
         return 0
     query: str = request["query"]
