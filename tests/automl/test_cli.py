@@ -108,6 +108,11 @@ def test_fit_regression_from_gzipped_tsv(tmp_path) -> None:
             ["--target", "y", "--metric", "zz"],
             "unknown metric",
         ),
+        (
+            pd.DataFrame({"x": range(40), "y": [float("inf")] + [0.5] * 39}),
+            ["--target", "y"],
+            "infinite",
+        ),
     ],
     ids=[
         "missing-target",
@@ -116,6 +121,7 @@ def test_fit_regression_from_gzipped_tsv(tmp_path) -> None:
         "all-missing",
         "non-numeric-regression",
         "bad-metric",
+        "inf-target",
     ],
 )
 def test_fit_errors_are_one_line_and_exit_2(tmp_path, frame, args, words) -> None:
@@ -208,3 +214,33 @@ def test_subprocess_module_entry_point(tmp_path) -> None:
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0
     assert "missing" in bad.stderr
+
+
+def test_progress_shows_only_on_a_terminal(train_csv, tmp_path, monkeypatch) -> None:
+    import aiaas.cli.automl as cli
+
+    monkeypatch.setattr(cli, "_interactive", lambda: True)
+    seen = []
+    real = cli._fit_with_progress
+
+    def spy(*args, **kwargs):
+        seen.append(True)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "_fit_with_progress", spy)
+    res = runner.invoke(
+        app,
+        [
+            "fit",
+            str(train_csv),
+            "--target",
+            "y",
+            "--time-budget",
+            "3",
+            "--output",
+            str(tmp_path / "m"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert seen == [True]
+    assert "saved" in res.output

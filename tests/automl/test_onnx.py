@@ -32,7 +32,7 @@ def regression_split():
 
 
 @pytest.mark.parametrize("family", CONVERTING)
-def test_onnx_matches_native_probabilities_binary(family, binary_split) -> None:
+def test_onnx_matches_native_probabilities_binary(family, binary_split, tmp_path) -> None:
     train, test = binary_split
     model = automl.fit(train, "y", families=[family], time_budget=30, max_trials=1, n_jobs=1)
     X = test.drop(columns="y")
@@ -40,10 +40,11 @@ def test_onnx_matches_native_probabilities_binary(family, binary_split) -> None:
     native = model.predict_proba(X)
     onnx = model.predict_proba(X, backend="onnx")
     np.testing.assert_allclose(onnx, native, atol=1e-5, rtol=0)
+    _assert_round_trip(model, X, tmp_path)
 
 
 @pytest.mark.parametrize("family", CONVERTING)
-def test_onnx_matches_native_probabilities_multiclass(family, multiclass_split) -> None:
+def test_onnx_matches_native_probabilities_multiclass(family, multiclass_split, tmp_path) -> None:
     train, test = multiclass_split
     model = automl.fit(
         train,
@@ -58,10 +59,11 @@ def test_onnx_matches_native_probabilities_multiclass(family, multiclass_split) 
     np.testing.assert_allclose(
         model.predict_proba(X, backend="onnx"), model.predict_proba(X), atol=1e-5, rtol=0
     )
+    _assert_round_trip(model, X, tmp_path)
 
 
 @pytest.mark.parametrize("family", CONVERTING)
-def test_onnx_matches_native_regression(family, regression_split) -> None:
+def test_onnx_matches_native_regression(family, regression_split, tmp_path) -> None:
     train, test = regression_split
     model = automl.fit(
         train,
@@ -79,6 +81,7 @@ def test_onnx_matches_native_regression(family, regression_split) -> None:
     np.testing.assert_allclose(
         onnx, native, atol=1e-5 * float(np.abs(train.target).max()), rtol=1e-5
     )
+    _assert_round_trip(model, X, tmp_path)
 
 
 def test_onnx_of_an_ensemble_matches_and_is_saved(binary_split, tmp_path) -> None:
@@ -105,9 +108,25 @@ def test_onnx_of_an_ensemble_matches_and_is_saved(binary_split, tmp_path) -> Non
     np.testing.assert_allclose(out, model.predict_proba(X), atol=1e-5, rtol=0)
 
 
-def test_family_that_does_not_convert_serves_natively(binary_split) -> None:
-    train, test = binary_split
-    model = automl.fit(train, "y", families=["histgb"], time_budget=30, max_trials=1, n_jobs=1)
+@pytest.mark.parametrize("split", ["binary_split", "multiclass_split", "regression_split"])
+def test_family_that_does_not_convert_serves_natively(split, request, tmp_path) -> None:
+    train, test = request.getfixturevalue(split)
+    target = "y" if split == "binary_split" else "target"
+    model = automl.fit(train, target, families=["histgb"], time_budget=30, max_trials=1, n_jobs=1)
+    X = test.drop(columns=target)
     assert model.to_onnx() is None
     with pytest.raises(automl.InvalidConfig, match="no ONNX"):
-        model.predict_proba(test.drop(columns="y"), backend="onnx")
+        model.predict(X, backend="onnx")
+    path = _assert_round_trip(model, X, tmp_path)
+    assert not (path / "model.onnx").exists()
+
+
+def _assert_round_trip(model, X, tmp_path):
+    """Every family saves with the fixed trusted-type list and loads back identically."""
+    path = model.save(tmp_path / "saved")
+    loaded = automl.load(path)
+    if model.task == "regression":
+        np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+    else:
+        np.testing.assert_array_equal(loaded.predict_proba(X), model.predict_proba(X))
+    return path

@@ -92,6 +92,11 @@ TRUSTED_TYPES: list[str] = sorted(
         "sklearn._loss.link.Interval",
         "sklearn.utils._bunch.Bunch",
         "builtins.slice",
+        "sklearn.metrics._dist_metrics.EuclideanDistance64",
+        # HistGradientBoosting with categorical features keeps partial(check_array, ...);
+        # partial is only as powerful as the callable it wraps, which must be trusted too
+        "functools.partial",
+        "sklearn.utils.validation.check_array",
     }
 )
 

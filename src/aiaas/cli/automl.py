@@ -65,6 +65,11 @@ def _handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _interactive() -> bool:
+    """Progress and summaries only for a person at a terminal."""
+    return sys.stdout.isatty()
+
+
 def read_table(path: Path) -> pd.DataFrame:
     """Read CSV/TSV (optionally gzip) or Parquet into a DataFrame."""
     import pandas as pd
@@ -125,14 +130,14 @@ def fit_command(
     data = read_table(train_file)
     import aiaas.automl as automl
 
-    if sys.stdout.isatty():
+    if _interactive():
         model = _fit_with_progress(automl, data, target, task, metric, time_budget, seed)
     else:
         model = automl.fit(
             data, target, task=task, metric=metric, time_budget=time_budget, seed=seed
         )
     model.save(output)
-    if sys.stdout.isatty():
+    if _interactive():
         rep = model.report()
         members = ", ".join(m["family"] for m in rep["ensemble"]["members"])
         typer.echo(
@@ -144,47 +149,37 @@ def fit_command(
 def _fit_with_progress(
     automl: Any, data: Any, target: str, task: str, metric: str | None, budget: float, seed: int
 ) -> Any:
+    """``fit`` with a Rich progress bar: trials so far, best CV score, time left."""
     import time
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    best: list[float | None] = [None]
-    n = [0]
+    state: dict[str, Any] = {"trials": 0, "best_loss": None, "best": None}
     started = time.monotonic()
     with Progress(
         TextColumn("[bold]automl[/]"),
         BarColumn(),
         TextColumn("{task.fields[info]}"),
         TimeRemainingColumn(),
-        transient=False,
     ) as progress:
-        bar = progress.add_task("fit", total=budget, info="preparing")
+        bar = progress.add_task("fit", total=budget, info="searching")
 
         def on_trial(result: Any) -> None:
-            n[0] += 1
-            if result.state == "complete" and result.score is not None:
-                cur = best[0]
-                gib = result.score if cur is None else result.score
-                if cur is None or _better(metric_direction, gib, cur):
-                    best[0] = gib
-            left = max(0.0, budget - (time.monotonic() - started))
-            score = "—" if best[0] is None else f"{best[0]:.5f}"
+            state["trials"] += 1
+            # the library's own loss is comparable across trials whatever the metric's direction
+            if result.loss is not None and (
+                state["best_loss"] is None or result.loss < state["best_loss"]
+            ):
+                state["best_loss"], state["best"] = result.loss, result.score
+            elapsed = time.monotonic() - started
+            best = "—" if state["best"] is None else f"{state['best']:.5f}"
+            left = max(0.0, budget - elapsed)
             progress.update(
                 bar,
-                completed=min(budget, time.monotonic() - started),
-                info=f"trials {n[0]} · best {score} · {left:.0f}s left",
+                completed=min(budget, elapsed),
+                info=f"trials {state['trials']} · best {best} · {left:.0f}s left",
             )
 
-        from aiaas.automl.metrics import get_metric
-        from aiaas.automl.preprocess import prepare_target
-
-        metric_direction = True
-        if target in data.columns:
-            try:
-                inferred, *_ = prepare_target(data[target], task)
-                metric_direction = get_metric(metric, inferred).greater_is_better
-            except Exception:  # fit reports the real error with its own message
-                metric_direction = True
         model = automl.fit(
             data,
             target,
@@ -196,10 +191,6 @@ def _fit_with_progress(
         )
         progress.update(bar, completed=budget)
     return model
-
-
-def _better(greater: bool, a: float, b: float) -> bool:
-    return a > b if greater else a < b
 
 
 @app.command("predict")
@@ -222,7 +213,7 @@ def predict_command(
         proba = model.predict_proba(data)
         frame = pd.DataFrame(proba, columns=[_label_text(c) for c in model.classes_])
     _write_csv_atomic(frame, output)
-    if sys.stdout.isatty():
+    if _interactive():
         typer.echo(f"wrote {len(frame)} prediction(s) to {output}")
 
 
