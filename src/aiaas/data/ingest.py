@@ -148,6 +148,8 @@ def detect_encoding(head: bytes, *, complete: bool) -> Encoding:
 
 def _decode_sample(head: bytes, encoding: Encoding) -> str:
     codec = {"utf-8": "utf-8-sig", "utf-16": "utf-16", "latin-1": "latin-1"}[encoding]
+    if codec == "utf-16" and not head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        codec = "utf-16-le"  # Python's utf-16 decoder insists on a BOM
     decoder = codecs.getincrementaldecoder(codec)(errors="replace")
     return decoder.decode(head, final=False)
 
@@ -315,7 +317,6 @@ def convert_to_parquet(
             raise UnsupportedMediaType("nested compression is not supported")
     fmt = options.format or detect_format(head, filename)
     out = work_dir / "data.parquet"
-    detected: dict[str, Any] = {}
     con = connect(
         allowed_directories=[work_dir],
         memory_limit=limits.memory_limit,
@@ -325,93 +326,114 @@ def convert_to_parquet(
     )
     replacements = {str(src): "<upload>", str(work_dir): "<work>"}
     try:
-        if fmt == "parquet":
-            source_sql = f"read_parquet({qstr(str(src))})"
-            columns = _safe_describe(con, source_sql, replacements, "Parquet")
-            check_column_names([c[0] for c in columns], limits)
-        elif fmt == "jsonl":
-            source_sql = (
-                f"read_json({qstr(str(src))}, format='auto', records=true, "
-                f"maximum_object_size={int(limits.max_line_bytes)}, sample_size=20480)"
-            )
-            columns = _safe_describe(con, source_sql, replacements, "JSON")
-            check_column_names([c[0] for c in columns], limits)
-        else:
-            complete = size <= len(head)
-            encoding = options.encoding or detect_encoding(head, complete=complete)
-            text = _decode_sample(head, encoding)
-            quote = options.quote or '"'
-            delim = options.delimiter or sniff_delimiter(text, quote)
-            escape = options.escape or quote
-            header = True if options.header is None else options.header
-            detected = {
-                "delimiter": delim,
-                "quote": quote,
-                "escape": escape,
-                "header": header,
-                "encoding": encoding,
-            }
-            first = read_header(src, encoding, delim, quote, limits.max_line_bytes)
-            if header:
-                names = check_column_names(first, limits)
-            else:
-                check_column_names([f"column{i}" for i in range(len(first))], limits)
-                names = [f"column{i}" for i in range(len(first))]
-            if options.encoding is None and encoding == "utf-8":
-                # Non-UTF-8 bytes after the sample: fall back to Latin-1 (always decodable).
-                try:
-                    source_sql = _csv_source(
-                        src,
-                        delim=delim,
-                        quote=quote,
-                        escape=escape,
-                        header=header,
-                        encoding=encoding,
-                        names=names,
-                        limits=limits,
-                    )
-                    columns = _describe(con, source_sql)
-                except duckdb.Error as exc:
-                    if "unicode" not in str(exc).lower():
-                        raise InvalidInput(
-                            "cannot parse CSV: " + clean_error(exc, replacements=replacements)
-                        ) from None
-                    encoding = "latin-1"
-                    detected["encoding"] = encoding
-            source_sql = _csv_source(
-                src,
-                delim=delim,
-                quote=quote,
-                escape=escape,
-                header=header,
-                encoding=encoding,
-                names=names,
-                limits=limits,
-            )
-            columns = _safe_describe(con, source_sql, replacements, "CSV")
-        select = ", ".join(_normalise(name, dtype) for name, dtype in columns)
-        try:
-            result = con.execute(
-                f"COPY (SELECT {select} FROM {source_sql}) TO {qstr(str(out))} "
-                "(FORMAT parquet, COMPRESSION snappy, ROW_GROUP_SIZE 122880)"
-            ).fetchall()[0]
-        except duckdb.Error as exc:
-            if fmt == "csv" and "unicode" in str(exc).lower() and options.encoding is None:
-                detected["encoding"] = "latin-1"
-                source_sql = source_sql.replace("encoding='utf-8'", "encoding='latin-1'")
-                try:
-                    result = con.execute(
-                        f"COPY (SELECT {select} FROM {source_sql}) TO {qstr(str(out))} "
-                        "(FORMAT parquet, COMPRESSION snappy, ROW_GROUP_SIZE 122880)"
-                    ).fetchall()[0]
-                except duckdb.Error as exc2:
-                    raise _parse_error(fmt, exc2, replacements) from None
-            else:
-                raise _parse_error(fmt, exc, replacements) from None
-        rows = int(result[0]) if result else 0
-        final_columns = [(n, t) for n, t in _describe(con, f"read_parquet({qstr(str(out))})")]
+        return _convert(con, src, out, head, size, fmt, compression, options, limits, replacements)
+    except duckdb.Error as exc:  # anything DuckDB refuses about the file is the file's fault
+        detail = clean_error(exc, replacements=replacements)
+        raise InvalidInput(f"cannot read the file: {detail}") from None
+    except (UnicodeError, csv.Error) as exc:
+        raise InvalidInput(f"cannot decode the file: {exc}") from None
     finally:
         con.close()
+
+
+def _convert(
+    con: duckdb.DuckDBPyConnection,
+    src: Path,
+    out: Path,
+    head: bytes,
+    size: int,
+    fmt: Format,
+    compression: str | None,
+    options: IngestOptions,
+    limits: IngestLimits,
+    replacements: dict[str, str],
+) -> IngestResult:
+    detected: dict[str, Any] = {}
+    if fmt == "parquet":
+        source_sql = f"read_parquet({qstr(str(src))})"
+        columns = _safe_describe(con, source_sql, replacements, "Parquet")
+        check_column_names([c[0] for c in columns], limits)
+    elif fmt == "jsonl":
+        source_sql = (
+            f"read_json({qstr(str(src))}, format='auto', records=true, "
+            f"maximum_object_size={int(limits.max_line_bytes)}, sample_size=20480)"
+        )
+        columns = _safe_describe(con, source_sql, replacements, "JSON")
+        check_column_names([c[0] for c in columns], limits)
+    else:
+        complete = size <= len(head)
+        encoding = options.encoding or detect_encoding(head, complete=complete)
+        text = _decode_sample(head, encoding)
+        quote = options.quote or '"'
+        delim = options.delimiter or sniff_delimiter(text, quote)
+        escape = options.escape or quote
+        header = True if options.header is None else options.header
+        detected = {
+            "delimiter": delim,
+            "quote": quote,
+            "escape": escape,
+            "header": header,
+            "encoding": encoding,
+        }
+        first = read_header(src, encoding, delim, quote, limits.max_line_bytes)
+        if header:
+            names = check_column_names(first, limits)
+        else:
+            check_column_names([f"column{i}" for i in range(len(first))], limits)
+            names = [f"column{i}" for i in range(len(first))]
+        if options.encoding is None and encoding == "utf-8":
+            # Non-UTF-8 bytes after the sample: fall back to Latin-1 (always decodable).
+            try:
+                source_sql = _csv_source(
+                    src,
+                    delim=delim,
+                    quote=quote,
+                    escape=escape,
+                    header=header,
+                    encoding=encoding,
+                    names=names,
+                    limits=limits,
+                )
+                columns = _describe(con, source_sql)
+            except duckdb.Error as exc:
+                if "unicode" not in str(exc).lower():
+                    raise InvalidInput(
+                        "cannot parse CSV: " + clean_error(exc, replacements=replacements)
+                    ) from None
+                encoding = "latin-1"
+                detected["encoding"] = encoding
+        source_sql = _csv_source(
+            src,
+            delim=delim,
+            quote=quote,
+            escape=escape,
+            header=header,
+            encoding=encoding,
+            names=names,
+            limits=limits,
+        )
+        columns = _safe_describe(con, source_sql, replacements, "CSV")
+    select = ", ".join(_normalise(name, dtype) for name, dtype in columns)
+    try:
+        result = con.execute(
+            f"COPY (SELECT {select} FROM {source_sql}) TO {qstr(str(out))} "
+            "(FORMAT parquet, COMPRESSION snappy, ROW_GROUP_SIZE 122880)"
+        ).fetchall()[0]
+    except duckdb.Error as exc:
+        if fmt == "csv" and "unicode" in str(exc).lower() and options.encoding is None:
+            detected["encoding"] = "latin-1"
+            source_sql = source_sql.replace("encoding='utf-8'", "encoding='latin-1'")
+            try:
+                result = con.execute(
+                    f"COPY (SELECT {select} FROM {source_sql}) TO {qstr(str(out))} "
+                    "(FORMAT parquet, COMPRESSION snappy, ROW_GROUP_SIZE 122880)"
+                ).fetchall()[0]
+            except duckdb.Error as exc2:
+                raise _parse_error(fmt, exc2, replacements) from None
+        else:
+            raise _parse_error(fmt, exc, replacements) from None
+    rows = int(result[0]) if result else 0
+    final_columns = [(n, t) for n, t in _describe(con, f"read_parquet({qstr(str(out))})")]
     if rows == 0:
         raise InvalidInput("the file has no data rows")
     if rows > limits.max_rows:
