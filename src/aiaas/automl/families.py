@@ -341,11 +341,24 @@ class HistGB(Family):
             **params,
         )
 
+    CHUNK = 25
+
     def fit(self, est, X, y, w, X_val, y_val, ctx):  # type: ignore[no-untyped-def]
-        if est.early_stopping and X_val is not None:
-            est.fit(X, y, sample_weight=w, X_val=X_val, y_val=y_val)
-        else:
+        if not (est.early_stopping and X_val is not None):
             est.fit(X, y, sample_weight=w)
+            return FitInfo(rounds=int(est.n_iter_))
+        # grow in chunks (warm start) so the search deadline can interrupt it
+        cap = int(est.max_iter)
+        est.set_params(warm_start=True)
+        target = 0
+        while True:
+            target = min(target + self.CHUNK, cap)
+            est.set_params(max_iter=target)
+            est.fit(X, y, sample_weight=w, X_val=X_val, y_val=y_val)
+            if est.n_iter_ < target or target >= cap:
+                break
+            if time.monotonic() > ctx.deadline:
+                raise TrialTimeout
         return FitInfo(rounds=int(est.n_iter_))
 
 
@@ -357,7 +370,7 @@ class _Forest(Family):
         return True
 
     def defaults(self, ctx: Context) -> list[Params]:
-        return [{"max_features": 0.5 if ctx.is_cls else 1.0, "min_samples_leaf": 1}]
+        return [{"max_features": 0.5, "min_samples_leaf": 1}]
 
     def suggest(self, trial: Any, ctx: Context) -> Params:
         f = self.name
@@ -374,7 +387,7 @@ class _Forest(Family):
         else:
             model = E.RandomForestClassifier if ctx.is_cls else E.RandomForestRegressor
         # fewer trees on big data keeps a forest affordable; leaves grow with rows
-        n_trees = 300 if ctx.n_rows <= 20_000 else 150
+        n_trees = 300 if ctx.n_rows <= 5_000 else 200 if ctx.n_rows <= 20_000 else 100
         est = model(
             n_estimators=n_trees,
             n_jobs=_n_threads(ctx),

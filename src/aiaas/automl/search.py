@@ -283,7 +283,8 @@ def run_search(
         expected = _expected_cost(fam_name, family_time, split)
         left = search_end - now
         if results and expected is not None and expected > max(left, 0.0) and max_trials is None:
-            study.tell(trial, state=TrialState.FAIL)
+            # told as pruned (not failed) so TPE learns to avoid what we cannot afford
+            study.tell(trial, state=TrialState.PRUNED)
             results.append(
                 TrialResult(
                     trial.number,
@@ -298,7 +299,7 @@ def run_search(
                 (c for n in names if (c := _expected_cost(n, family_time, split)) is not None),
                 default=0.0,
             )
-            if skipped_in_row >= 25 or cheapest > left:
+            if skipped_in_row >= 60 or cheapest > left:
                 break
             continue
         skipped_in_row = 0
@@ -325,8 +326,12 @@ def run_search(
 def _expected_cost(name: str, family_time: dict[str, list[float]], split: Split) -> float | None:
     if name in family_time:
         return float(np.median(family_time[name]))
+    if name == "random_forest" and "extra_trees" in family_time:
+        # same trees, but every split is searched: measured to cost ~3x extra trees
+        return float(np.min(family_time["extra_trees"])) * 3.0
     if "lightgbm" in family_time:
-        return float(np.median(family_time["lightgbm"])) * _COST_PRIOR.get(name, 2.0)
+        # relative to LightGBM's cheapest (default) configuration
+        return float(np.min(family_time["lightgbm"])) * _COST_PRIOR.get(name, 2.0)
     return None
 
 
