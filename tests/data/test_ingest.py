@@ -35,10 +35,11 @@ def _ok(upload, headers, content, **kw):
         (b"a\tb\n1\tx, with comma\n2\ty\n", "tabs.tsv", 2, {}),
         (b"a;b\n1;x\n2;y\n", "semi.csv", 2, {}),
         (b"a|b\n1|x\n2|y\n", "pipe.txt", 2, {"delimiter": "|"}),
-        (gzip.compress(b"a,b\n1,x\n2,y\n3,z\n"), "data.csv.gz", 3, {}),
+        (gzip.compress(b"a,b\n1,x\n2,y\n3,z\n", mtime=0), "data.csv.gz", 3, {}),
         (b'{"a": 1, "b": "x"}\n{"a": 2, "b": null}\n', "data.jsonl", 2, {}),
         (b"1,x\n2,y\n", "noheader.csv", 2, {"header": "false"}),
     ],
+    ids=["csv", "tsv", "semicolon", "pipe", "gzip", "jsonl", "no-header"],
 )
 def test_formats_round_trip(client, tenants, upload, content, filename, expected_rows, fields):
     h = tenants.a.headers("developer")
