@@ -190,3 +190,36 @@ def test_jsonl_mixed_and_nested(client, tenants, upload):
     t = _download(client, h, body["id"]).to_pydict()
     assert t["a"] == ["1", "text", "2.5"]
     assert json.loads(t["b"][0]) == {"c": [1, 2]}
+
+
+def test_parquet_row_bomb_refused_from_footer(client, tenants, upload, settings):
+    settings.data.max_rows = 1000
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"x": pa.array([7] * 5000)}), buf, use_dictionary=True)
+    assert_problem(
+        upload(tenants.a.headers("developer"), buf.getvalue(), filename="b.parquet"), 413
+    )
+    assert data_files(settings) == []
+
+
+def test_deeply_nested_json_refused(client, tenants, upload, settings):
+    deep = "[" * 100_000 + "]" * 100_000
+    content = ('{"a": ' + deep + "}\n").encode()
+    assert_problem(upload(tenants.a.headers("developer"), content, filename="d.jsonl"), 422)
+    assert data_files(settings) == []
+
+
+def test_sweep_scratch(settings):
+    import os
+
+    from aiaas.data.service import sweep_scratch
+
+    old = settings.data_dir / "tmp" / "ingest" / "dead"
+    old.mkdir(parents=True)
+    (old / "upload").write_bytes(b"x")
+    os.utime(old, (0, 0))
+    fresh = settings.data_dir / "tmp" / "ingest" / "live"
+    fresh.mkdir()
+    assert sweep_scratch(settings) == 1
+    assert not old.exists()
+    assert fresh.exists()

@@ -351,6 +351,15 @@ def _convert(
     detected: dict[str, Any] = {}
     if fmt == "parquet":
         source_sql = f"read_parquet({qstr(str(src))})"
+        # the footer states the row count: refuse a "Parquet bomb" before decoding anything
+        meta = con.execute(
+            f"SELECT sum(num_rows) FROM parquet_file_metadata({qstr(str(src))})"
+        ).fetchall()
+        declared = int(meta[0][0] or 0) if meta else 0
+        if declared > limits.max_rows:
+            raise PayloadTooLarge(
+                f"the file has {declared} rows; at most {limits.max_rows} are allowed"
+            )
         columns = _safe_describe(con, source_sql, replacements, "Parquet")
         check_column_names([c[0] for c in columns], limits)
     elif fmt == "jsonl":

@@ -84,6 +84,27 @@ def work_dir(settings: Settings) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def sweep_scratch(settings: Settings, *, older_than_s: float = 3600.0) -> int:
+    """Remove scratch directories left by a crashed process; returns how many.
+
+    Call once at startup (and periodically): a request that is still running keeps its
+    directory fresh, so only directories untouched for ``older_than_s`` are removed.
+    """
+    root = settings.data_dir / "tmp" / "ingest"
+    if not root.exists():
+        return 0
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for child in root.iterdir():
+        try:
+            if child.is_dir() and child.stat().st_mtime < cutoff:
+                shutil.rmtree(child, ignore_errors=True)
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as handle:
