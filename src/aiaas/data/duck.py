@@ -60,6 +60,7 @@ def connect(
         "SET allow_community_extensions=false",
         "SET python_enable_replacements=false",
         "SET enable_external_file_cache=false",
+        "SET enable_progress_bar=false",
         f"SET memory_limit={qstr(memory_limit)}",
         f"SET threads={int(threads)}",
         f"SET preserve_insertion_order={'true' if preserve_insertion_order else 'false'}",

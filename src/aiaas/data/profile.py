@@ -142,11 +142,7 @@ def _profile(
     if exact:
         con.execute("CREATE TEMP VIEW s AS SELECT * FROM t")
     else:  # a block sample (~quantile_sample_rows) for quantiles, PII, types
-        # (system sampling picks whole 2048-row vectors, so it reads ~2% of the file; a
-        # Bernoulli row sample reads all of it and took 4x longer on 10M rows)
-        pct = min(100.0, 100.0 * limits.quantile_sample_rows / rows)
-        con.execute(f"CREATE TEMP TABLE s AS SELECT * FROM t USING SAMPLE {pct:.6f}% (system, 42)")
-
+        con.execute(f"CREATE TEMP TABLE s AS {_block_sample(path, columns, rows, limits)}")
     # ---- pass 1: per-column aggregates
     exprs: list[str] = []
     slots: list[tuple[str, str]] = []  # (column, stat)
@@ -163,7 +159,8 @@ def _profile(
         add(name, "distinct", f"count(DISTINCT {c})" if exact else f"approx_count_distinct({c})")
         if kind in ("integer", "float"):
             x = f"CAST({c} AS DOUBLE)"
-            finite = f"CASE WHEN isfinite({x}) THEN {x} END"
+            # integers are always finite; only floats need the NaN/inf guard
+            finite = x if kind == "integer" else f"CASE WHEN isfinite({x}) THEN {x} END"
             add(name, "min", f"min({finite})")
             add(name, "max", f"max({finite})")
             add(name, "mean", f"avg({finite})")
@@ -392,6 +389,69 @@ def _profile(
 
 
 AGG_CHUNK = 192
+SAMPLE_WINDOWS = 20
+
+
+def _is_permutation(
+    con: duckdb.DuckDBPyConnection, name: str, st: dict[str, Any], rows: int
+) -> bool:
+    """Whether an integer column holds each value of [min, max] once (a typical id column).
+
+    With max - min + 1 == rows, the column is a permutation of that range exactly when it
+    has no duplicates; the first three power sums of a permutation are known in closed form,
+    and an accidental match of all three by a multiset with duplicates does not happen in
+    practice. One scan of one column: far cheaper than an exact count(DISTINCT).
+    """
+    lo, hi = st.get("min"), st.get("max")
+    if lo is None or hi is None or float(lo) != int(lo) or int(hi) - int(lo) + 1 != rows:
+        return False
+    c = f"CAST({qident(name)} AS HUGEINT)"
+    got = con.execute(f"SELECT sum({c}), sum({c} * {c}), sum({c} * {c} * {c}) FROM t").fetchall()
+    a, b = int(lo), int(hi)
+
+    def power_sum(k: int, n: int) -> int:  # sum of i**k for i in 1..n (n >= 0)
+        if k == 1:
+            return n * (n + 1) // 2
+        if k == 2:
+            return n * (n + 1) * (2 * n + 1) // 6
+        return (n * (n + 1) // 2) ** 2
+
+    def range_sum(k: int) -> int:  # sum of i**k for i in a..b, any signs
+        def upto(n: int) -> int:  # sum over 1..n for n >= 0, or over n..-1 for n < 0
+            return power_sum(k, n) if n >= 0 else (-1) ** k * power_sum(k, -n)
+
+        if a > 0:
+            return upto(b) - upto(a - 1)
+        if b < 0:
+            return upto(a) - upto(b + 1)
+        return upto(b) + upto(a)
+
+    expected = tuple(range_sum(k) for k in (1, 2, 3))
+    return tuple(int(v or 0) for v in got[0]) == expected
+
+
+def _block_sample(
+    path: Path, columns: list[tuple[str, str]], rows: int, limits: ProfileLimits
+) -> str:
+    """SQL selecting ~quantile_sample_rows rows as SAMPLE_WINDOWS evenly spread windows.
+
+    Row-number windows let the Parquet reader skip every other row group (10M rows: 0.04 s,
+    against 0.7 s for DuckDB's system sampling and 1.5 s for a Bernoulli sample). Rows
+    within a window are contiguous, so quantiles are approximate (the report says so).
+    """
+    if any(name.lower() == "file_row_number" for name, _ in columns):
+        pct = min(100.0, 100.0 * limits.quantile_sample_rows / rows)
+        return f"SELECT * FROM t USING SAMPLE {pct:.6f}% (system, 42)"
+    span = max(1, limits.quantile_sample_rows // SAMPLE_WINDOWS)
+    step = max(span, rows // SAMPLE_WINDOWS)
+    ranges = " OR ".join(
+        f"file_row_number BETWEEN {i * step} AND {i * step + span - 1}"
+        for i in range(SAMPLE_WINDOWS)
+    )
+    return (
+        f"SELECT * EXCLUDE (file_row_number) FROM read_parquet({qstr(str(path))}, "
+        f"file_row_number=true) WHERE {ranges}"
+    )
 
 
 def _unique_column(
@@ -417,6 +477,8 @@ def _unique_column(
     candidates.sort(key=lambda n: kinds[n] != "integer")  # integers are cheapest
     for name in candidates[:1]:
         if exact:
+            return name
+        if kinds[name] == "integer" and _is_permutation(con, name, stats[name], rows):
             return name
         sql = f"SELECT count(DISTINCT {qident(name)}) FROM t"
         if int(con.execute(sql).fetchall()[0][0]) == rows:
