@@ -10,6 +10,8 @@ deleted. Small text fields (``name``, options) are capped at 64 KiB each, 32 fie
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -57,6 +59,46 @@ def _flush_block(state: _State, block: bytes) -> None:
     assert state.handle is not None
     state.hasher.update(block)
     state.handle.write(block)
+
+
+class _Writer:
+    """Hashes and writes blocks on its own thread, so the body keeps streaming meanwhile."""
+
+    def __init__(self, state: _State) -> None:
+        self.state = state
+        self.blocks: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+        self.error: BaseException | None = None
+        self.aborted = False
+        self.thread = threading.Thread(target=self._run, name="upload-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (block := self.blocks.get()) is not None:
+            if self.error is None and not self.aborted:
+                try:
+                    _flush_block(self.state, block)
+                except BaseException as exc:  # reported to the request by put/close
+                    self.error = exc
+
+    async def put(self, block: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        try:
+            self.blocks.put_nowait(block)
+        except queue.Full:
+            await anyio.to_thread.run_sync(self.blocks.put, block)
+
+    async def close(self) -> None:
+        await anyio.to_thread.run_sync(self.blocks.put, None)
+        await anyio.to_thread.run_sync(self.thread.join)
+        if self.error is not None:
+            raise self.error
+
+    def abort(self) -> None:
+        self.aborted = True
+        if self.thread.is_alive():
+            self.blocks.put(None)  # the thread drains without writing, then exits
+            self.thread.join()
 
 
 async def receive_upload(request: Request, dest: Path, max_bytes: int) -> Upload:
@@ -141,6 +183,7 @@ async def receive_upload(request: Request, dest: Path, max_bytes: int) -> Upload
             "on_part_end": on_part_end,
         },
     )
+    writer = _Writer(st)
     try:
         try:
             async for chunk in request.stream():
@@ -148,8 +191,7 @@ async def receive_upload(request: Request, dest: Path, max_bytes: int) -> Upload
                 if st.error is not None:
                     raise st.error
                 while st.pending:
-                    block = st.pending.pop(0)
-                    await anyio.to_thread.run_sync(_flush_block, st, block)
+                    await writer.put(st.pending.pop(0))
             parser.finalize()
         except ClientDisconnect:
             raise BadRequest("the client disconnected during the upload") from None
@@ -160,11 +202,13 @@ async def receive_upload(request: Request, dest: Path, max_bytes: int) -> Upload
         if st.error is not None:
             raise st.error
         while st.pending:
-            await anyio.to_thread.run_sync(_flush_block, st, st.pending.pop(0))
+            await writer.put(st.pending.pop(0))
+        await writer.close()
         if st.handle is not None:
             st.handle.close()
             st.handle = None
     except BaseException:
+        writer.abort()
         if st.handle is not None:
             st.handle.close()
         dest.unlink(missing_ok=True)
