@@ -90,6 +90,11 @@ class DataSettings(BaseModel):
         "the scratch directory beyond it).",
     )
     duckdb_threads: int = Field(2, ge=1, description="DuckDB threads for ingest and profiling.")
+    ingest_preserve_order: bool = Field(
+        True,
+        description="Keep the uploaded row order in the stored Parquet. False lets DuckDB "
+        "write row groups in parallel order (~25% faster conversion, less memory).",
+    )
     profile_exact_rows: int = Field(
         1_000_000,
         ge=0,

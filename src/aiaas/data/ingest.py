@@ -55,8 +55,9 @@ class IngestLimits:
     max_rows: int = 200_000_000
     max_decompressed_bytes: int = 20 * 1024 * MiB
     max_compression_ratio: float = 200.0
-    memory_limit: str = "1GB"
+    memory_limit: str = "512MB"
     threads: int = 2
+    preserve_order: bool = True
 
 
 @dataclass(frozen=True)
@@ -323,6 +324,7 @@ def convert_to_parquet(
         threads=limits.threads,
         temp_directory=work_dir / "spill",
         max_temp_bytes=4 * 1024 * MiB,
+        preserve_insertion_order=limits.preserve_order,
     )
     replacements = {str(src): "<upload>", str(work_dir): "<work>"}
     try:

@@ -61,6 +61,7 @@ def ingest_limits(settings: Settings) -> ingest.IngestLimits:
         max_compression_ratio=d.max_compression_ratio,
         memory_limit=d.duckdb_memory_limit,
         threads=d.duckdb_threads,
+        preserve_order=d.ingest_preserve_order,
     )
 
 
