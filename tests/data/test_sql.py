@@ -182,3 +182,55 @@ def test_preflight_refuses_a_misconfigured_connection(tmp_path):
     with pytest.raises(SandboxMisconfigured, match="enable_external_access"):
         verify_locked(unlocked, [])
     unlocked.close()
+
+
+def _own_worker_pid() -> int | None:
+    import os
+
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == me and b"aiaas.data.sql_worker" in cmd:
+            return int(entry)
+    return None
+
+
+def test_query_process_crash_is_a_clean_error():
+    import os
+    import signal
+    import threading
+    import time
+
+    from aiaas.data.sql import SqlLimits, run_query
+    from aiaas.errors import InvalidInput
+
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            run_query({}, "SELECT count(*) FROM range(100000000000)", SqlLimits(timeout_s=30))
+        except InvalidInput as exc:
+            outcome["error"] = exc.detail
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    pid = None
+    deadline = time.monotonic() + 15
+    while pid is None and time.monotonic() < deadline:
+        pid = _own_worker_pid()
+        time.sleep(0.05)
+    assert pid is not None
+    time.sleep(0.5)
+    os.kill(pid, signal.SIGSEGV)  # our own child, found by its parent pid
+    thread.join(30)
+    assert "killed" in str(outcome["error"])
+    assert run_query({}, "SELECT 42").rows == [[42]]
