@@ -90,6 +90,15 @@ class DataSettings(BaseModel):
         "the scratch directory beyond it).",
     )
     duckdb_threads: int = Field(2, ge=1, description="DuckDB threads for ingest and profiling.")
+    max_concurrent_ingests: int = Field(
+        2,
+        ge=1,
+        description="Uploads, appends, imports and transforms converted at once per process "
+        "(each holds up to duckdb_memory_limit); others wait.",
+    )
+    ingest_queue_timeout_s: float = Field(
+        300.0, gt=0, description="How long a request waits for a free ingest slot (then 429)."
+    )
     ingest_preserve_order: bool = Field(
         True,
         description="Keep the uploaded row order in the stored Parquet. False lets DuckDB "

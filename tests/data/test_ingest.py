@@ -223,3 +223,30 @@ def test_sweep_scratch(settings):
     assert sweep_scratch(settings) == 1
     assert not old.exists()
     assert fresh.exists()
+
+
+def test_ingest_slots_bound_concurrency(settings):
+    import threading
+
+    from aiaas.data.service import heavy
+    from aiaas.errors import TooManyRequests
+
+    settings.data.max_concurrent_ingests = 1
+    settings.data.ingest_queue_timeout_s = 0.2
+    entered, release = threading.Event(), threading.Event()
+
+    @heavy
+    def work(settings, block):
+        if block:
+            entered.set()
+            release.wait(5)
+        return "done"
+
+    holder = threading.Thread(target=work, args=(settings, True))
+    holder.start()
+    assert entered.wait(5)
+    with pytest.raises(TooManyRequests):
+        work(settings, False)
+    release.set()
+    holder.join(5)
+    assert work(settings, False) == "done"

@@ -13,15 +13,17 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import structlog
 from sqlalchemy import select
@@ -37,7 +39,7 @@ from aiaas.data.pii import org_hash_key
 from aiaas.data.sql import SqlLimits, SqlResult, run_query
 from aiaas.data.sql_import import ImportLimits, import_query
 from aiaas.db.base import scoped, utcnow
-from aiaas.errors import Conflict, InvalidInput, NotFound
+from aiaas.errors import Conflict, InvalidInput, NotFound, TooManyRequests
 from aiaas.settings import Settings
 from aiaas.storage import ArtifactStore
 
@@ -83,6 +85,35 @@ def work_dir(settings: Settings) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+_SLOTS: dict[int, threading.BoundedSemaphore] = {}
+_SLOTS_LOCK = threading.Lock()
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def heavy(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run ``fn`` in one of ``max_concurrent_ingests`` slots (bounds DuckDB memory in total).
+
+    Conversion, profiling and recipes each hold a DuckDB connection with its own memory
+    limit; without a cap, N parallel uploads would use N times that.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        settings = next(a for a in (*args, *kwargs.values()) if isinstance(a, Settings))
+        limit = settings.data.max_concurrent_ingests
+        with _SLOTS_LOCK:
+            slot = _SLOTS.setdefault(limit, threading.BoundedSemaphore(limit))
+        if not slot.acquire(timeout=settings.data.ingest_queue_timeout_s):
+            raise TooManyRequests("too many uploads and transforms in progress; retry later")
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            slot.release()
+
+    return wrapper
 
 
 def sweep_scratch(settings: Settings, *, older_than_s: float = 3600.0) -> int:
@@ -317,6 +348,7 @@ def _source_from_upload(
     }
 
 
+@heavy
 def create_dataset(
     session: Session,
     principal: Principal,
@@ -369,6 +401,7 @@ def create_dataset(
     return dataset
 
 
+@heavy
 def add_version_from_file(
     session: Session,
     principal: Principal,
@@ -437,6 +470,7 @@ def delete_dataset(
     store.delete_prefix(principal.org_id, f"datasets/{dataset.id}")
 
 
+@heavy
 def append_rows(
     session: Session,
     principal: Principal,
@@ -506,6 +540,7 @@ def append_rows(
         )
 
 
+@heavy
 def transform_version(
     session: Session,
     principal: Principal,
@@ -542,6 +577,7 @@ def transform_version(
         )
 
 
+@heavy
 def import_dataset(
     session: Session,
     principal: Principal,
