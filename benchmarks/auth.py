@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from aiaas.api.deps import require
 from aiaas.api.app import create_app
+from aiaas.api.deps import require
 from aiaas.auth import service as auth_service
 from aiaas.auth.permissions import Action, Role
 from aiaas.auth.principal import Principal
@@ -51,9 +51,17 @@ def build(tmp: str) -> tuple[object, str]:
 async def call(app: object, path: str, headers: list[tuple[bytes, bytes]]) -> int:
     status = 0
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-        "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
-        "query_string": b"", "headers": headers, "client": ("127.0.0.1", 5000),
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 5000),
         "server": ("127.0.0.1", 8000),
     }
 
