@@ -190,49 +190,57 @@ def _store_version(
     parent_version: int | None = None,
     recipe: list[dict[str, Any]] | None = None,
 ) -> DatasetVersion:
-    """Profile ``parquet``, store it and its profile, then add the version row."""
-    started = time.perf_counter()
-    report = profile.profile_parquet(parquet, profile_limits(settings))
-    profiled = time.perf_counter()
-    _check_cells(report, settings)
-    import duckdb
+    """Profile ``parquet``, store it and its profile, then add the version row.
 
-    con = duckdb.connect(":memory:", config={"python_enable_replacements": False})
-    try:
-        described = con.execute(
-            f"DESCRIBE SELECT * FROM read_parquet({qstr(str(parquet))})"
-        ).fetchall()
-    finally:
-        con.close()
-    columns = [(str(r[0]), str(r[1])) for r in described]
-    schema = profile.infer_schema(columns, report)
-    version = DatasetVersion(
-        dataset_id=dataset.id,
-        org_id=principal.org_id,
-        number=dataset.latest_version + 1,
-        row_count=int(report["row_count"]),
-        column_count=len(columns),
-        bytes=parquet.stat().st_size,
-        sha256=_sha256(parquet),
-        columns_schema=schema,
-        source=source,
-        parent_version=parent_version,
-        recipe=recipe,
-        quality_score=float(report["quality"]["score"]),
-        created_by=principal.actor_id,
-    )
-    # the id is needed for the keys before the row exists
+    The Parquet file is hashed and copied into the store on a helper thread while the
+    profile runs (both only read it); the row is added after both have finished.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     from aiaas.db.base import new_id
 
-    version.id = new_id("dsv")
-    prefix = _version_prefix(dataset.id, version.id)
-    version.storage_key = f"{prefix}/{DATA_FILE}"
-    version.profile_key = f"{prefix}/{PROFILE_FILE}"
-    store.put_file(principal.org_id, version.storage_key, parquet)
+    version_id = new_id("dsv")  # the keys need the id before the row exists
+    prefix = _version_prefix(dataset.id, version_id)
+    storage_key, profile_key = f"{prefix}/{DATA_FILE}", f"{prefix}/{PROFILE_FILE}"
+
+    def hash_and_store() -> str:
+        digest = _sha256(parquet)
+        store.put_file(principal.org_id, storage_key, parquet)
+        return digest
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store") as pool:
+        stored = pool.submit(hash_and_store)
+        try:
+            report = profile.profile_parquet(parquet, profile_limits(settings))
+            profiled = time.perf_counter()
+            _check_cells(report, settings)
+            digest = stored.result()
+        except BaseException:
+            stored.exception()  # wait for the copy to finish before removing it
+            store.delete_prefix(principal.org_id, prefix)
+            raise
     try:
-        store.put_bytes(
-            principal.org_id, version.profile_key, json.dumps(report, default=str).encode()
+        columns = _parquet_columns(parquet)
+        version = DatasetVersion(
+            id=version_id,
+            dataset_id=dataset.id,
+            org_id=principal.org_id,
+            number=dataset.latest_version + 1,
+            row_count=int(report["row_count"]),
+            column_count=len(columns),
+            bytes=parquet.stat().st_size,
+            sha256=digest,
+            columns_schema=profile.infer_schema(columns, report),
+            source=source,
+            parent_version=parent_version,
+            recipe=recipe,
+            quality_score=float(report["quality"]["score"]),
+            storage_key=storage_key,
+            profile_key=profile_key,
+            created_by=principal.actor_id,
         )
+        store.put_bytes(principal.org_id, profile_key, json.dumps(report, default=str).encode())
         dataset.latest_version = version.number
         dataset.updated_at = utcnow()
         session.add(version)
@@ -252,6 +260,17 @@ def _store_version(
         store.delete_prefix(principal.org_id, prefix)
         raise
     return version
+
+
+def _parquet_columns(parquet: Path) -> list[tuple[str, str]]:
+    con = connect(allowed_paths=[parquet], memory_limit="64MB", threads=1)
+    try:
+        described = con.execute(
+            f"DESCRIBE SELECT * FROM read_parquet({qstr(str(parquet))})"
+        ).fetchall()
+    finally:
+        con.close()
+    return [(str(r[0]), str(r[1])) for r in described]
 
 
 # --------------------------------------------------------------------------- reads
