@@ -130,3 +130,34 @@ def _assert_round_trip(model, X, tmp_path):
     else:
         np.testing.assert_array_equal(loaded.predict_proba(X), model.predict_proba(X))
     return path
+
+
+def test_raw_input_onnx_graph_encodes_columns_itself(mixed_df, tmp_path) -> None:
+    """model_raw.onnx takes one input per raw column (strings for categories) and matches."""
+    import json
+
+    import onnxruntime as ort
+
+    df = mixed_df.drop(columns=["when"])
+    model = automl.fit(
+        df, "y", families=["lightgbm", "linear"], time_budget=30, max_trials=3, n_jobs=1
+    )
+    X = df.drop(columns="y").head(60).copy()
+    X.loc[0, "colour"] = "never-seen"
+    X.loc[1, "colour"] = None
+    X.loc[2, "x1"] = float("inf")
+    raw = model.to_onnx_raw()
+    assert raw is not None
+    sess = ort.InferenceSession(raw, providers=["CPUExecutionProvider"])
+    assert sorted(i.name for i in sess.get_inputs()) == ["colour", "x1", "x2"]
+    out = sess.run(None, model.onnx_raw_inputs(X))[0]
+    np.testing.assert_allclose(out, model.predict_proba(X), atol=1e-5, rtol=0)
+    path = model.save(tmp_path / "m")
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert [i["name"] for i in manifest["onnx_raw"]["inputs"]] == ["x1", "x2", "colour"]
+
+
+def test_raw_input_graph_is_absent_with_datetime_columns(mixed_df) -> None:
+    model = automl.fit(mixed_df, "y", families=["linear"], time_budget=30, max_trials=1, n_jobs=1)
+    assert model.to_onnx() is not None
+    assert model.to_onnx_raw() is None

@@ -398,6 +398,26 @@ class _Forest(Family):
         imputer = SimpleImputer(strategy="median", keep_empty_features=True)
         return Pipeline([("impute", imputer), ("model", est)])
 
+    CHUNK = 50
+
+    def fit(self, est, X, y, w, X_val, y_val, ctx):  # type: ignore[no-untyped-def]
+        model = est.steps[-1][1]
+        total = int(model.n_estimators)
+        if not math.isfinite(ctx.deadline) or total <= self.CHUNK:
+            est.fit(X, y, **_sw(est, w))
+            return FitInfo()
+        # grow the forest in chunks (warm start gives the same trees as one fit) so the
+        # search deadline can interrupt it
+        model.set_params(warm_start=True)
+        n = 0
+        while n < total:
+            n = min(n + self.CHUNK, total)
+            model.set_params(n_estimators=n)
+            est.fit(X, y, **_sw(est, w))
+            if n < total and time.monotonic() > ctx.deadline:
+                raise TrialTimeout
+        return FitInfo()
+
 
 class RandomForest(_Forest):
     name = "random_forest"

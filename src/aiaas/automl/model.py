@@ -240,6 +240,40 @@ class TrainedModel:
         self._onnx_bytes = model.SerializeToString()
         return self._onnx_bytes
 
+    def to_onnx_raw(self) -> bytes | None:
+        """The ensemble with the column encoding in the graph: one input per raw column.
+
+        ``None`` when the model has no ONNX form or uses datetime columns (their parts are
+        computed in Python). See :func:`aiaas.automl.onnx_export.raw_input_head`.
+        """
+        core_bytes = self.to_onnx()
+        if core_bytes is None:
+            return None
+        import onnx
+
+        from aiaas.automl.onnx_export import raw_input_head
+
+        merged = raw_input_head(self.preprocessor.specs_, onnx.load_from_string(core_bytes))
+        return None if merged is None else bytes(merged.SerializeToString())
+
+    def onnx_raw_inputs(self, data: Any) -> dict[str, NDArray[Any]]:
+        """Raw rows → the feeds of :meth:`to_onnx_raw` (floats, or strings with "" = missing)."""
+        frame = self._frame(data)
+        feeds: dict[str, NDArray[Any]] = {}
+        for spec in self.preprocessor.specs_:
+            if spec["kind"] == "dropped":
+                continue
+            col = frame[spec["name"]]
+            if spec["kind"] == "numeric":
+                values = pd.to_numeric(col, errors="coerce").astype("float64")
+                feeds[spec["name"]] = values.to_numpy(np.float32, na_value=np.nan).reshape(-1, 1)
+            else:
+                from aiaas.automl.preprocess import _as_strings
+
+                text = _as_strings(col).fillna("")
+                feeds[spec["name"]] = np.asarray(text.to_numpy(), dtype=object).reshape(-1, 1)
+        return feeds
+
     def onnx_session(self) -> Any:
         """An ONNX Runtime session over :meth:`to_onnx` (raises if the model does not convert)."""
         if self._onnx_session is None:
@@ -275,8 +309,12 @@ class TrainedModel:
             raise ArtifactError(f"model holds types outside the trusted list: {sorted(untrusted)}")
         files: dict[str, bytes] = {"model.skops": blob}
         onnx_bytes = self.to_onnx()
+        raw_bytes = None
         if onnx_bytes is not None:
             files["model.onnx"] = onnx_bytes
+            raw_bytes = self.to_onnx_raw()
+            if raw_bytes is not None:
+                files["model_raw.onnx"] = raw_bytes
         files["encoding.json"] = _dumps(
             {
                 "columns": self.preprocessor.specs_,
@@ -312,6 +350,22 @@ class TrainedModel:
                 "input": "input",
                 "input_encoding": "encoding.json",
                 "n_features": len(self.preprocessor.feature_names_out_),
+                "output": "prediction" if self.task == "regression" else "probabilities",
+            },
+            "onnx_raw": None
+            if raw_bytes is None
+            else {
+                "file": "model_raw.onnx",
+                "inputs": [
+                    {
+                        "name": spec["name"],
+                        "type": "float" if spec["kind"] == "numeric" else "string",
+                        "shape": [None, 1],
+                        "missing": "NaN" if spec["kind"] == "numeric" else "",
+                    }
+                    for spec in self.preprocessor.specs_
+                    if spec["kind"] != "dropped"
+                ],
                 "output": "prediction" if self.task == "regression" else "probabilities",
             },
             "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},

@@ -137,7 +137,9 @@ def ensemble_to_onnx(
         [out_info],
         initializer=inits,
     )
-    opsets.setdefault("", ONNX_OPSET)
+    # one version per domain for the whole graph (members were converted for these)
+    opsets[""] = max(opsets.get("", 0), ONNX_OPSET)
+    opsets["ai.onnx.ml"] = max(opsets.get("ai.onnx.ml", 0), ONNX_ML_OPSET)
     model = helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())],
@@ -147,3 +149,75 @@ def ensemble_to_onnx(
     model.ir_version = min(model.ir_version, 9)
     onnx.checker.check_model(model)
     return model
+
+
+def raw_input_head(specs: Sequence[dict[str, Any]], core: Any) -> Any | None:
+    """Prefix ``core`` (input ``input``) with the column encoding, taking raw columns.
+
+    One graph input per used column, shape ``[N, 1]``: ``float`` for numeric columns (NaN or
+    ±inf = missing), ``string`` for categorical ones (``""`` = missing). Category codes come
+    from an ``ai.onnx.ml`` LabelEncoder with the fitted levels. Returns ``None`` when a column
+    kind cannot be expressed (datetime parts).
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes: list[Any] = []
+    inits: list[Any] = []
+    inputs: list[Any] = []
+    encoded: list[str] = []
+    for i, spec in enumerate(specs):
+        kind = spec["kind"]
+        if kind == "dropped":
+            continue
+        if kind == "datetime":
+            return None
+        name = spec["name"]
+        col = f"col{i}"
+        if kind == "numeric":
+            inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [None, 1]))
+            nodes.append(helper.make_node("IsInf", [name], [f"{col}_inf"]))
+            if not any(x.name == "nan_const" for x in inits):
+                inits.append(
+                    numpy_helper.from_array(np.array(np.nan, dtype=np.float32), "nan_const")
+                )
+            nodes.append(
+                helper.make_node("Where", [f"{col}_inf", "nan_const", name], [f"{col}_enc"])
+            )
+        else:
+            inputs.append(helper.make_tensor_value_info(name, TensorProto.STRING, [None, 1]))
+            levels = [str(v) for v in spec["levels"]]
+            other = float(len(levels)) if spec["other"] else -1.0
+            keys = list(levels)
+            values = [float(j) for j in range(len(levels))]
+            if "" not in keys:  # missing arrives as the empty string
+                keys.append("")
+                values.append(-1.0)
+            nodes.append(
+                helper.make_node(
+                    "LabelEncoder",
+                    [name],
+                    [f"{col}_enc"],
+                    domain="ai.onnx.ml",
+                    keys_strings=keys,
+                    values_floats=values,
+                    default_float=other,
+                )
+            )
+        encoded.append(f"{col}_enc")
+    nodes.append(helper.make_node("Concat", encoded, ["input"], axis=1))
+    head = helper.make_graph(
+        nodes,
+        "aiaas_encode",
+        inputs,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, len(encoded)])],
+        initializer=inits,
+    )
+    head_model = helper.make_model(
+        head,
+        opset_imports=[helper.make_opsetid(o.domain, o.version) for o in core.opset_import],
+    )
+    head_model.ir_version = core.ir_version
+    merged = onnx.compose.merge_models(head_model, core, io_map=[("input", "input")])
+    onnx.checker.check_model(merged)
+    return merged
