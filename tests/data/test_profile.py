@@ -118,5 +118,9 @@ def test_text_findings_and_pii_in_profile(tmp_path):
     assert ("mixed", "mixed_types") in kinds
     assert cols["email"]["pii"][0]["kind"] == "email"
     assert cols["card"]["pii"][0]["kind"] == "payment_card"
+    # personal values never appear in the report
+    assert cols["card"]["top_values"][0]["value"].endswith("11")
+    assert "4111" not in str(report)
+    assert "@example.com" not in str(report)
     assert cols["amount_text"]["type"] == "float"  # DuckDB typed it; not text
     assert report["quality"]["consistency"] < 1.0

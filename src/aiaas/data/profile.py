@@ -345,6 +345,9 @@ def _profile(
             pii = detect_pii(name, sample[name], min_share=limits.pii_min_share)
             if pii:
                 col["pii"] = pii
+                # the report is readable by every role: never show personal values in it
+                for top in col.get("top_values", []):
+                    top["value"] = _redact(top["value"])
                 col_findings.append(
                     {
                         "kind": "pii",
@@ -537,6 +540,14 @@ def _aggregate(
         row = con.execute(f"SELECT {', '.join(chunk)} FROM {table}").fetchall()[0]
         out.extend(row)
     return out
+
+
+def _redact(value: Any) -> Any:
+    """Mask a personal value shown in the report: keep the last two characters."""
+    if not isinstance(value, str):
+        return value
+    keep = 2 if len(value) > 6 else 0
+    return "*" * (len(value) - keep) + value[len(value) - keep :]
 
 
 def _literal(value: Any) -> str:

@@ -664,6 +664,7 @@ def run_sql(
     query: str,
 ) -> SqlResult:
     """Run a read-only query over the caller's datasets (by name, ``name@N`` for versions)."""
+    audit.set_resource("sql_query", None, query_chars=len(query))
     views: dict[str, Path] = {}
     for dataset in session.scalars(scoped(select(Dataset), principal)):
         for version in dataset.versions:
