@@ -152,3 +152,38 @@ def test_balanced_metric_on_imbalanced_data_uses_class_weights() -> None:
     )
     assert model.report()["metric"] == "balanced_accuracy"
     assert model.report()["cv_score"] > 0.8
+
+
+def test_distillation_replaces_the_ensemble_with_one_lightgbm(tmp_path) -> None:
+    df = pmlb("hypothyroid", n=1000)
+    train, test = train_test_split(df, test_size=0.3, random_state=0, stratify=df.target)
+    kw = {
+        "time_budget": 60,
+        "max_trials": 6,
+        "n_jobs": 2,
+        "families": ["lightgbm", "linear", "extra_trees"],
+    }
+    teacher = automl.fit(train, "target", **kw)
+    student = automl.fit(train, "target", distill=True, **kw)
+    rep = student.report()
+    if len(teacher.members) < 2:
+        pytest.skip("no ensemble to distil with this seed")
+    assert student.families == ["lightgbm"]
+    assert len(student.members) == 1
+    assert rep["distillation"]["fidelity"] > 0.95
+    X = test.drop(columns="target")
+    auc_teacher = skm.roc_auc_score(test.target, teacher.predict_proba(X)[:, 1])
+    auc_student = skm.roc_auc_score(test.target, student.predict_proba(X)[:, 1])
+    assert auc_student > auc_teacher - 0.02
+    np.testing.assert_allclose(
+        student.predict_proba(X, backend="onnx"), student.predict_proba(X), atol=1e-5
+    )
+
+
+def test_distillation_is_skipped_for_multiclass() -> None:
+    df = pmlb("wine_quality_white", n=600)
+    model = automl.fit(
+        df, "target", task="multiclass", time_budget=30, max_trials=3, n_jobs=2, distill=True
+    )
+    assert model.report()["distillation"] is None
+    assert any("distillation skipped" in w for w in model.report()["warnings"])

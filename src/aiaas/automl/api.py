@@ -82,6 +82,7 @@ def fit(
     families: Sequence[str] | None = None,
     sampler: str = "tpe",
     ensemble: bool = True,
+    distill: bool = False,
 ) -> TrainedModel:
     """Search models for ``target`` within ``time_budget`` seconds and return the best.
 
@@ -102,6 +103,9 @@ def fit(
         families: restrict the search to these model families.
         sampler: ``tpe`` (default), ``random`` or ``grid``.
         ensemble: allow greedy ensemble selection over the best trials.
+        distill: (binary and regression) when the result is an ensemble, train one LightGBM
+            student on its out-of-fold predictions (soft labels) and return that instead, for
+            fast serving; ``report()["distillation"]`` gives its fidelity to the ensemble.
 
     Raises:
         InvalidData, InvalidTarget, InvalidConfig, SearchFailed (all ``AutoMLError``).
@@ -179,6 +183,9 @@ def fit(
     def reserve(results: list[TrialResult]) -> float:
         done = sorted((r for r in results if r.state == "complete"), key=_loss_key)[:3]
         est = sum(_refit_cost(r, split) for r in done) / min(n_jobs, max(1, len(done)))
+        if distill and task != "multiclass":  # the student: ~1 LightGBM refit per class
+            lgb_done = [r for r in done if r.family == "lightgbm"]
+            est += sum(_refit_cost(r, split) for r in lgb_done[:1]) * max(1, n_classes)
         return min(0.3 * time_budget, 1.3 * est + 0.04 * time_budget + 0.2)
 
     from threadpoolctl import threadpool_limits
@@ -236,12 +243,24 @@ def fit(
 
         fitted = parallel_map(refit, members, width)
         refit_s = time.monotonic() - t_refit
+        distilled: dict[str, Any] | None = None
+        if distill and task == "multiclass":
+            warnings_out.append(
+                "distillation skipped: multiclass students measured clearly worse than the "
+                "ensemble (binary and regression only)"
+            )
+        elif distill and len(members) > 1:
+            teacher = [(r, w) for r, w in zip(members, weights, strict=True)]
+            student, distilled = _distill(teacher, fitted, done, X, y_fit, split, ctx, w_full)
+            fitted, weights = [student], [1.0]
 
     best = done[0]
     oof_mask = split.oof_mask
     ens_score = None
     if ens_loss is not None:
         ens_score = -ens_loss if metric_obj.greater_is_better else ens_loss
+    if distilled is not None:
+        members = [best]  # the student stands in for the ensemble (recorded in the report)
     importance = _importance(fitted, weights, members, pre)
     leaderboard = [r.row() for r in sorted(results, key=_board_key)]
     report: dict[str, Any] = {
@@ -283,9 +302,12 @@ def fit(
         },
         "pipeline": {
             "preprocessing": "TabularPreprocessor (impute/encode/datetime parts)",
-            "model": "weighted ensemble" if len(members) > 1 else best.family,
-            "families": [r.family for r in members],
+            "model": "weighted ensemble"
+            if len(members) > 1
+            else ("lightgbm student" if distilled else best.family),
+            "families": ["lightgbm"] if distilled else [r.family for r in members],
         },
+        "distillation": distilled,
         "trials": {
             "total": len(results),
             "complete": sum(r.state == "complete" for r in results),
@@ -312,7 +334,7 @@ def fit(
         preprocessor=pre,
         members=fitted,
         weights=weights,
-        families=[r.family for r in members],
+        families=["lightgbm"] if distilled else [r.family for r in members],
         classes=None if classes is None else [_plain(c) for c in classes],
         y_mean=y_mean,
         y_std=y_std,
@@ -320,6 +342,73 @@ def fit(
         report=report,
         feature_importance=importance,
     )
+
+
+def _distill(
+    teacher: list[tuple[TrialResult, float]],
+    fitted: list[Any],
+    done: list[TrialResult],
+    X: NDArray[np.float32],
+    y: NDArray[Any],
+    split: Split,
+    ctx: Context,
+    w_full: NDArray[np.float64] | None,
+) -> tuple[Any, dict[str, Any]]:
+    """One LightGBM trained to reproduce the ensemble.
+
+    Targets are the ensemble's out-of-fold predictions (rows without one - holdout mode - use
+    the refit ensemble's). Classification uses soft labels exactly: every row is repeated once
+    per class with that class as label and the teacher's probability as sample weight, so the
+    weighted log loss equals the cross-entropy against the soft labels.
+    """
+    t0 = time.monotonic()
+    mask = split.oof_mask
+    soft: NDArray[np.float64] = sum(  # type: ignore[assignment]
+        w * np.asarray(r.oof, dtype=np.float64) for r, w in teacher if r.oof is not None
+    )
+    in_sample = np.zeros_like(soft)
+    if not mask.all():
+        for est, (_, w) in zip(fitted, teacher, strict=True):
+            if ctx.is_cls:
+                in_sample += w * np.asarray(est.predict_proba(X), dtype=np.float64)
+            else:
+                in_sample += w * np.asarray(est.predict(X), dtype=np.float64).ravel()
+        soft = np.where(mask[:, None] if soft.ndim == 2 else mask, soft, in_sample)
+    fam = FAMILIES["lightgbm"]
+    # a moderate student: LightGBM's default configuration, with the rounds it early-stopped at
+    params = fam.defaults(ctx)[0]
+    base = next((r for r in done if r.family == "lightgbm" and r.params == params), None)
+    rounds = (fam.refit_rounds(_infos(base), split.train_fraction) if base else None) or 300
+    base_w = np.ones(len(y)) if w_full is None else w_full
+    X_fit: NDArray[np.float32]
+    y_fit: NDArray[Any]
+    w_fit: NDArray[np.float64] | None
+    if ctx.is_cls:
+        k = ctx.n_classes
+        X_fit = np.repeat(X, k, axis=0)
+        y_fit = np.tile(np.arange(k), len(y))
+        w_fit = (soft * base_w[:, None]).ravel()
+        keep = w_fit > 1e-6
+        X_fit, y_fit, w_fit = X_fit[keep], y_fit[keep], w_fit[keep]
+    else:
+        X_fit, y_fit, w_fit = X, soft, w_full
+    student, _, _ = fit_predict(fam, params, ctx, X_fit, y_fit, w_fit, None, None, rounds=rounds)
+    pred = student.predict_proba(X) if ctx.is_cls else student.predict(X)
+    if ctx.is_cls:
+        fidelity = float(np.mean(np.argmax(pred, axis=1) == np.argmax(soft, axis=1)))
+        gap = float(np.mean(np.abs(np.asarray(pred) - soft)))
+    else:
+        fidelity = float(np.corrcoef(np.asarray(pred, dtype=np.float64), soft)[0, 1])
+        gap = float(np.mean(np.abs(np.asarray(pred) - soft)))
+    info = {
+        "teacher": [{"trial": r.number, "family": r.family, "weight": w} for r, w in teacher],
+        "student_params": params,
+        "student_rounds": rounds,
+        "fidelity": fidelity,  # label agreement (classification) or correlation (regression)
+        "mean_abs_gap": gap,
+        "seconds": round(time.monotonic() - t0, 3),
+    }
+    return student, info
 
 
 def _plain(v: Any) -> Any:
