@@ -228,9 +228,6 @@ def check_column_names(names: Sequence[str], limits: IngestLimits) -> list[str]:
 # --------------------------------------------------------------------------- conversion
 
 
-_TEXT_TYPES = ("JSON",)
-
-
 def _normalise(name: str, dtype: str) -> str:
     """A select expression turning ``name`` of DuckDB type ``dtype`` into a storable type."""
     col = qident(name)

@@ -1,14 +1,19 @@
 """Schema inference and the profile / quality report of one Parquet version.
 
-All statistics come from DuckDB over the Parquet file in a few passes:
+All statistics come from DuckDB over the Parquet file, in a few column-grouped passes (the
+file is columnar, so a pass over some columns reads only those):
 
-1. one aggregate pass over every column: count, missing, distinct, min/max, mean, std,
-   quantiles, string lengths (exact ``count(DISTINCT)``/``quantile_cont`` up to
-   ``exact_rows`` rows, HyperLogLog/t-digest approximations above — the report says which);
-2. one pass for histograms, IQR outlier counts and top values of low-cardinality columns;
-3. duplicate rows: count of rows minus distinct row hashes (64-bit, exact up to collisions);
-4. a reservoir sample (``sample_rows``) for type-consistency checks, PII detection and an
-   IsolationForest anomaly share on the numeric columns.
+1. aggregates of every column: count, missing, distinct, min/max, mean, std, text lengths.
+   Up to ``exact_rows`` rows distinct counts and quantiles are exact (``count(DISTINCT)``,
+   ``quantile_cont``); above, distinct counts are HyperLogLog estimates and quantiles come
+   from a ~200k-row block sample (row-number windows the Parquet reader can skip to) — the
+   report says which;
+2. per column: binned histogram, IQR outlier count, exact top values when there are at most
+   1,000 distinct values;
+3. duplicate rows: none if a column is provably unique (a permutation of an integer range,
+   or exactly as many distinct values as rows), else rows minus distinct 64-bit row hashes;
+4. from the sample: type-consistency findings, PII detection (personal values are masked in
+   the report) and an IsolationForest anomaly share on the numeric columns.
 
 Schema types: ``integer``, ``float``, ``boolean``, ``string``, ``categorical`` (a text
 column with few distinct values relative to its size), ``datetime``.
@@ -548,14 +553,6 @@ def _redact(value: Any) -> Any:
         return value
     keep = 2 if len(value) > 6 else 0
     return "*" * (len(value) - keep) + value[len(value) - keep :]
-
-
-def _literal(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return qstr(str(value))
 
 
 def _consistency(
