@@ -117,6 +117,9 @@ class DataSettings(BaseModel):
     )
     sql_memory_limit: str = Field("512MB", description="DuckDB memory limit of a query process.")
     sql_threads: int = Field(1, ge=1, description="DuckDB threads of a query process.")
+    sql_max_concurrent_per_org: int = Field(
+        2, ge=1, description="Queries one organization may run at once per process (429 above)."
+    )
     sql_address_space_bytes: int = Field(
         4 * 1024 * MiB,
         ge=0,

@@ -234,3 +234,19 @@ def test_query_process_crash_is_a_clean_error():
     thread.join(30)
     assert "killed" in str(outcome["error"])
     assert run_query({}, "SELECT 42").rows == [[42]]
+
+
+def test_per_org_concurrency_cap(client, tenants, settings):
+    import threading
+
+    from aiaas.data import service
+
+    settings.data.sql_max_concurrent_per_org = 1
+    slot = service._SQL_SLOTS.setdefault((tenants.a.org_id, 1), threading.BoundedSemaphore(1))
+    assert slot.acquire(blocking=False)  # a query of org A is running
+    try:
+        assert_problem(sql(client, tenants.a.headers("viewer"), "SELECT 1"), 429)
+        assert sql(client, tenants.b.headers("viewer"), "SELECT 1").status_code == 200
+    finally:
+        slot.release()
+    assert sql(client, tenants.a.headers("viewer"), "SELECT 1").status_code == 200

@@ -89,6 +89,7 @@ def work_dir(settings: Settings) -> Iterator[Path]:
 
 _SLOTS: dict[int, threading.BoundedSemaphore] = {}
 _SLOTS_LOCK = threading.Lock()
+_SQL_SLOTS: dict[tuple[str, int], threading.BoundedSemaphore] = {}
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -665,6 +666,24 @@ def run_sql(
 ) -> SqlResult:
     """Run a read-only query over the caller's datasets (by name, ``name@N`` for versions)."""
     audit.set_resource("sql_query", None, query_chars=len(query))
+    limit = settings.data.sql_max_concurrent_per_org
+    with _SLOTS_LOCK:
+        slot = _SQL_SLOTS.setdefault((principal.org_id, limit), threading.BoundedSemaphore(limit))
+    if not slot.acquire(blocking=False):
+        raise TooManyRequests(f"at most {limit} queries per organization run at once")
+    try:
+        return _run_sql(session, principal, store, settings, query)
+    finally:
+        slot.release()
+
+
+def _run_sql(
+    session: Session,
+    principal: Principal,
+    store: ArtifactStore,
+    settings: Settings,
+    query: str,
+) -> SqlResult:
     views: dict[str, Path] = {}
     for dataset in session.scalars(scoped(select(Dataset), principal)):
         for version in dataset.versions:
