@@ -61,11 +61,27 @@ def _task_of(name: str, y: object) -> str:
 
 
 # ------------------------------------------------------------------------------ one run
+# generality check: datasets bundled with scikit-learn (not in shared/, no download)
+SKLEARN = {
+    "sk_breast_cancer": ("load_breast_cancer", "binary"),
+    "sk_digits": ("load_digits", "multiclass"),
+    "sk_wine": ("load_wine", "multiclass"),
+    "sk_diabetes": ("load_diabetes", "regression"),
+}
+
+
 def _load_split(name: str):  # type: ignore[no-untyped-def]
     import pandas as pd
     from sklearn.model_selection import train_test_split
 
-    df = pd.read_csv(DATA / f"{name}.tsv.gz", sep="\t")
+    if name in SKLEARN:
+        from sklearn import datasets
+
+        loader, task = SKLEARN[name]
+        df = getattr(datasets, loader)(as_frame=True).frame
+        TASKS[name] = task
+    else:
+        df = pd.read_csv(DATA / f"{name}.tsv.gz", sep="\t")
     task = _task_of(name, df["target"])
     strat = df["target"] if task != "regression" else None
     train, test = train_test_split(df, test_size=0.25, random_state=0, stratify=strat)
@@ -306,6 +322,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", type=float, default=60.0, help="seconds per fit (default 60)")
     parser.add_argument("--datasets", default="", help="comma-separated names (default: all)")
+    parser.add_argument(
+        "--sklearn",
+        action="store_true",
+        help="run on scikit-learn's bundled datasets instead (a generality check)",
+    )
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated systems")
     parser.add_argument("--out", default=str(RESULTS / "automl.md"), help="markdown output file")
     parser.add_argument("--worker", nargs=2, metavar=("SYSTEM", "DATASET"), help=argparse.SUPPRESS)
@@ -317,7 +338,8 @@ def main() -> None:
         return
 
     python = _ensure_bench_python()
-    names = [d for d in args.datasets.split(",") if d] or _datasets()
+    default = list(SKLEARN) if args.sklearn else _datasets()
+    names = [d for d in args.datasets.split(",") if d] or default
     systems = [s for s in args.systems.split(",") if s]
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONWARNINGS": "ignore"}
     results: list[dict[str, object]] = []
@@ -341,7 +363,7 @@ def main() -> None:
                         "dataset": name,
                         "score": None,
                         "error": err,
-                        "metric": METRIC[TASKS.get(name, "binary")],
+                        "metric": METRIC[TASKS.get(name) or SKLEARN.get(name, ("", "binary"))[1]],
                     }
                 )
                 continue
