@@ -203,6 +203,21 @@ def read_header(path: Path, encoding: Encoding, delim: str, quote: str, limit: i
     return rows[0]
 
 
+def _check_ragged(text: str, delim: str, quote: str, width: int, *, complete: bool) -> None:
+    """A clear message for rows of the wrong width in the sample (DuckDB's is generic)."""
+    try:
+        rows = _records(text, delim, quote, limit=2000)
+    except csv.Error:
+        return  # DuckDB will report it
+    if not complete and len(rows) > 1:
+        rows = rows[:-1]  # the sample's last record may be cut off
+    for number, row in enumerate(rows[1:], start=2):
+        if row and len(row) != width:
+            raise InvalidInput(
+                f"record {number} has {len(row)} fields; the first record has {width}"
+            )
+
+
 def check_column_names(names: Sequence[str], limits: IngestLimits) -> list[str]:
     """Enforce the column cap; refuse duplicates (case-insensitive, as SQL sees them)."""
     if len(names) > limits.max_columns:
@@ -311,6 +326,7 @@ def convert_to_parquet(
         if gunzip_bounded(src, plain, limits) == 0:
             raise InvalidInput("the file is empty (after decompression)")
         src, head = plain, _read_head(plain)
+        size = plain.stat().st_size
         if head.startswith(b"\x1f\x8b"):
             raise UnsupportedMediaType("nested compression is not supported")
     fmt = options.format or detect_format(head, filename)
@@ -389,6 +405,7 @@ def _convert(
         else:
             check_column_names([f"column{i}" for i in range(len(first))], limits)
             names = [f"column{i}" for i in range(len(first))]
+        _check_ragged(text, delim, quote, len(first), complete=size <= len(head))
         if options.encoding is None and encoding == "utf-8":
             # Non-UTF-8 bytes after the sample: fall back to Latin-1 (always decodable).
             try:
