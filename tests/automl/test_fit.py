@@ -57,6 +57,10 @@ def test_regression_end_to_end_on_pmlb() -> None:
     pred = model.predict(test.drop(columns="target"))
     rmse = float(np.sqrt(np.mean((test.target - pred) ** 2)))
     assert rmse < 0.75 * test.target.std()
+    # CV scores are in the target's units (not of the internally standardised target)
+    cv = model.report()["cv_score"]
+    assert 0.5 * rmse < cv < 2.0 * rmse
+    assert model.leaderboard[0]["score"] == cv
     with pytest.raises(automl.InvalidConfig):
         model.predict_proba(test)
     with pytest.raises(automl.InvalidConfig):

@@ -179,6 +179,8 @@ def fit(
         counts = np.bincount(y, minlength=n_classes)
         balanced = bool(counts.max() > 1.5 * max(counts.min(), 1))
     split = make_splits(y, task, cv, seed)
+    # rmse/mae computed on the standardised target are reported in the target's units
+    score_scale = y_std if metric_obj.name in ("rmse", "mae") else 1.0
 
     def reserve(results: list[TrialResult]) -> float:
         done = sorted((r for r in results if r.state == "complete"), key=_loss_key)[:3]
@@ -206,6 +208,7 @@ def fit(
             balanced=balanced,
             callbacks=callbacks,
             reserve_fn=reserve,
+            score_scale=score_scale,
         )
         search_s = time.monotonic() - t_search
         done = sorted((r for r in results if r.state == "complete"), key=_loss_key)
@@ -258,6 +261,7 @@ def fit(
     oof_mask = split.oof_mask
     ens_score = None
     if ens_loss is not None:
+        ens_loss *= score_scale
         ens_score = -ens_loss if metric_obj.greater_is_better else ens_loss
     if distilled is not None:
         members = [best]  # the student stands in for the ensemble (recorded in the report)

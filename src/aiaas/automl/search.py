@@ -210,6 +210,7 @@ def run_search(
     balanced: bool,
     callbacks: Sequence[Callable[[TrialResult], Any]],
     reserve_fn: Callable[[list[TrialResult]], float],
+    score_scale: float = 1.0,
 ) -> list[TrialResult]:
     """Run trials until the budget (minus the refit reserve), ``max_trials`` or a callback."""
     import optuna
@@ -304,7 +305,7 @@ def run_search(
             continue
         skipped_in_row = 0
         ctx.deadline = search_end if max_trials is None else math.inf
-        res = _evaluate(trial, fam, params, ctx, X, y, split, metric, balanced)
+        res = _evaluate(trial, fam, params, ctx, X, y, split, metric, balanced, score_scale)
         family_time.setdefault(fam_name, []).append(res.fit_time)
         if res.state == "complete":
             study.tell(trial, res.loss)
@@ -355,6 +356,7 @@ def _evaluate(
     split: Split,
     metric: Metric,
     balanced: bool,
+    score_scale: float = 1.0,
 ) -> TrialResult:
     res = TrialResult(trial.number, fam.name, params, "complete")
     n = len(y)
@@ -386,8 +388,9 @@ def _evaluate(
                 oof[va] = pred
                 if info.rounds:
                     res.rounds.append(info.rounds)
-                fold_scores.append(score(metric, y[va], pred))
-                fold_losses.append(loss(metric, y[va], pred))
+                # scores in the target's own units (regression targets are standardised)
+                fold_scores.append(score(metric, y[va], pred) * score_scale)
+                fold_losses.append(loss(metric, y[va], pred) * score_scale)
             step = start + len(batch) - 1
             trial.report(float(np.mean(fold_losses)), step)
             if step < len(folds) - 1 and trial.should_prune():
