@@ -89,7 +89,7 @@ def test_time_budget_is_respected(binary_df) -> None:
     started = time.monotonic()
     model = automl.fit(binary_df, "label", time_budget=budget, n_jobs=2)
     elapsed = time.monotonic() - started
-    assert elapsed <= budget * 1.1 + 0.5  # + a little for data preparation on a busy machine
+    assert elapsed <= budget * 1.1 + 1.0  # + building the frame, imports on a busy machine
     assert model.report()["timings"]["total_s"] <= budget * 1.1
     assert len(model.leaderboard) >= 3
 
