@@ -100,6 +100,9 @@ def serve(
             settings.auth.argon2_parallelism,
         )
         created = auth_service.bootstrap_if_empty(session, passwords)
+    from aiaas.data.service import sweep_scratch
+
+    sweep_scratch(settings)  # scratch left by uploads of a crashed earlier run
     base = f"http://{host}:{port}"
     if created is not None:
         typer.echo(
