@@ -368,6 +368,30 @@ def _source_from_upload(
     }
 
 
+def _new_dataset(
+    session: Session,
+    principal: Principal,
+    name: str,
+    description: str | None,
+    **audit_details: Any,
+) -> Dataset:
+    """Add an empty dataset row (version 0); a taken name is a 409."""
+    dataset = Dataset(
+        org_id=principal.org_id,
+        name=name,
+        description=description,
+        latest_version=0,
+        created_by=principal.actor_id,
+    )
+    session.add(dataset)
+    try:
+        session.flush()
+    except IntegrityError:
+        raise Conflict(f"a dataset named {name!r} already exists") from None
+    audit.set_resource("dataset", dataset.id, name=name, **audit_details)
+    return dataset
+
+
 @heavy
 def create_dataset(
     session: Session,
@@ -395,19 +419,7 @@ def create_dataset(
         rows=result.row_count,
         convert_s=round(time.perf_counter() - started, 3),
     )
-    dataset = Dataset(
-        org_id=principal.org_id,
-        name=name,
-        description=description,
-        latest_version=0,
-        created_by=principal.actor_id,
-    )
-    session.add(dataset)
-    try:
-        session.flush()
-    except IntegrityError:
-        raise Conflict(f"a dataset named {name!r} already exists") from None
-    audit.set_resource("dataset", dataset.id, name=name)
+    dataset = _new_dataset(session, principal, name, description)
     _store_version(
         session,
         principal,
@@ -625,19 +637,7 @@ def import_dataset(
             options=ingest.IngestOptions(format="jsonl"),
             limits=ingest_limits(settings),
         )
-        dataset = Dataset(
-            org_id=principal.org_id,
-            name=name,
-            description=description,
-            latest_version=0,
-            created_by=principal.actor_id,
-        )
-        session.add(dataset)
-        try:
-            session.flush()
-        except IntegrityError:
-            raise Conflict(f"a dataset named {name!r} already exists") from None
-        audit.set_resource("dataset", dataset.id, name=name, imported_rows=rows)
+        dataset = _new_dataset(session, principal, name, description, imported_rows=rows)
         from sqlalchemy.engine import make_url
 
         safe_url = make_url(url).render_as_string(hide_password=True)
