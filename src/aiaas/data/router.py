@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
 import structlog
@@ -18,7 +19,6 @@ from aiaas.api.pagination import Page, PageDep, paginate
 from aiaas.auth.permissions import Action
 from aiaas.auth.principal import Principal
 from aiaas.data import service as data_service
-from aiaas.data.duck import clean_error, connect, qstr
 from aiaas.data.models import Dataset, DatasetVersion
 from aiaas.data.schemas import (
     AppendRows,
@@ -31,10 +31,12 @@ from aiaas.data.schemas import (
     TransformRequest,
     clean_name,
 )
-from aiaas.data.upload import receive_upload
+from aiaas.data.upload import Upload, receive_upload
 from aiaas.errors import InvalidInput
 
 log = structlog.get_logger()
+T = TypeVar("T")
+
 datasets_router = APIRouter(prefix="/datasets", tags=["datasets"])
 sql_router = APIRouter(prefix="/sql", tags=["sql"])
 
@@ -64,7 +66,7 @@ _UPLOAD_DOC: dict[str, Any] = {
 }
 
 
-async def _receive(request: Request, settings: Any) -> tuple[Path, Any]:
+async def _receive(request: Request, settings: Any) -> tuple[Path, Upload]:
     wd = settings.data_dir / "tmp" / "ingest" / uuid.uuid4().hex
     wd.mkdir(parents=True, mode=0o700)
     started = time.perf_counter()
@@ -80,9 +82,16 @@ async def _receive(request: Request, settings: Any) -> tuple[Path, Any]:
 
 
 def _rmtree(path: Path) -> None:
-    import shutil
-
     shutil.rmtree(path, ignore_errors=True)
+
+
+async def _with_upload(request: Request, settings: Any, use: Callable[[Upload], T]) -> T:
+    """Receive the multipart upload, hand it to ``use`` in a worker thread, always clean up."""
+    wd, upload = await _receive(request, settings)
+    try:
+        return await anyio.to_thread.run_sync(lambda: use(upload))
+    finally:
+        await anyio.to_thread.run_sync(_rmtree, wd)
 
 
 @datasets_router.post("", status_code=201, response_model=DatasetRead, openapi_extra=_UPLOAD_DOC)
@@ -94,8 +103,8 @@ async def create_dataset(
     principal: Principal = require(Action.DATASET_WRITE),
 ) -> Dataset:
     """Upload a file (CSV/TSV, gzip, Parquet, JSON Lines) as version 1 of a new dataset."""
-    wd, upload = await _receive(request, settings)
-    try:
+
+    def create(upload: Upload) -> Dataset:
         try:
             name = clean_name(upload.fields.get("name") or Path(upload.filename or "").stem)
         except ValueError as exc:
@@ -103,23 +112,21 @@ async def create_dataset(
         description = upload.fields.get("description") or None
         if description is not None and len(description) > 2000:
             raise InvalidInput("the description is longer than 2000 characters")
-        return await anyio.to_thread.run_sync(
-            lambda: data_service.create_dataset(
-                session,
-                principal,
-                store,
-                settings,
-                name=name,
-                description=description,
-                upload=upload.path,
-                filename=upload.filename,
-                size=upload.size,
-                sha256=upload.sha256,
-                fields=upload.fields,
-            )
+        return data_service.create_dataset(
+            session,
+            principal,
+            store,
+            settings,
+            name=name,
+            description=description,
+            upload=upload.file,
+            filename=upload.filename,
+            size=upload.size,
+            sha256=upload.sha256,
+            fields=upload.fields,
         )
-    finally:
-        await anyio.to_thread.run_sync(_rmtree, wd)
+
+    return await _with_upload(request, settings, create)
 
 
 @datasets_router.get("", response_model=Page[DatasetRead])
@@ -208,24 +215,22 @@ async def add_version(
 ) -> DatasetVersion:
     """Upload a file as the next version of a dataset."""
     data_service.get_dataset(session, principal, dataset_id)  # 404 before reading the body
-    wd, upload = await _receive(request, settings)
-    try:
-        return await anyio.to_thread.run_sync(
-            lambda: data_service.add_version_from_file(
-                session,
-                principal,
-                store,
-                settings,
-                dataset_id,
-                upload=upload.path,
-                filename=upload.filename,
-                size=upload.size,
-                sha256=upload.sha256,
-                fields=upload.fields,
-            )
+
+    def add(upload: Upload) -> DatasetVersion:
+        return data_service.add_version_from_file(
+            session,
+            principal,
+            store,
+            settings,
+            dataset_id,
+            upload=upload.file,
+            filename=upload.filename,
+            size=upload.size,
+            sha256=upload.sha256,
+            fields=upload.fields,
         )
-    finally:
-        await anyio.to_thread.run_sync(_rmtree, wd)
+
+    return await _with_upload(request, settings, add)
 
 
 @datasets_router.post("/{dataset_id}/rows", status_code=201, response_model=DatasetVersionRead)
@@ -281,62 +286,17 @@ def download_version(
     filename = f"{safe}-v{number}.{format}"
     headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
     if format == "parquet":
-
-        def chunks() -> Iterator[bytes]:
-            with store.open(principal.org_id, version.storage_key) as handle:
-                while block := handle.read(1024 * 1024):
-                    yield block
-
         headers["Content-Length"] = str(version.bytes)
         return StreamingResponse(
-            chunks(), media_type="application/vnd.apache.parquet", headers=headers
+            data_service.parquet_chunks(store, version),
+            media_type="application/vnd.apache.parquet",
+            headers=headers,
         )
-    path = data_service.local_parquet(store, settings, version)
     return StreamingResponse(
-        _csv_stream(path, settings), media_type="text/csv; charset=utf-8", headers=headers
+        data_service.csv_chunks(store, settings, version),
+        media_type="text/csv; charset=utf-8",
+        headers=headers,
     )
-
-
-def _csv_stream(path: Path, settings: Any) -> Iterator[bytes]:
-    """Stream a Parquet file as CSV in record batches (bounded memory)."""
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-
-    con = connect(
-        allowed_paths=[path],
-        memory_limit=settings.data.duckdb_memory_limit,
-        threads=settings.data.duckdb_threads,
-    )
-    try:
-        reader = con.sql(f"SELECT * FROM read_parquet({qstr(str(path))})").to_arrow_reader(65536)
-        assert reader is not None
-        first = True
-        for batch in reader:
-            sink = pa.BufferOutputStream()
-            casted = _csv_safe(batch)
-            pacsv.write_csv(casted, sink, write_options=pacsv.WriteOptions(include_header=first))
-            first = False
-            yield sink.getvalue().to_pybytes()
-        if first:  # no batches: header only
-            sink = pa.BufferOutputStream()
-            pacsv.write_csv(reader.schema.empty_table(), sink)
-            yield sink.getvalue().to_pybytes()
-    except Exception as exc:  # the response has started; end it with a readable marker
-        yield f"\n# error: {clean_error(exc)}\n".encode()
-    finally:
-        con.close()
-
-
-def _csv_safe(batch: Any) -> Any:
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    arrays = []
-    for column in batch.columns:
-        if pa.types.is_timestamp(column.type) and column.type.tz is not None:
-            column = pc.cast(column, pa.timestamp(column.type.unit))
-        arrays.append(column)
-    return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
 
 
 @datasets_router.post(

@@ -704,3 +704,59 @@ def _run_sql(
         address_bytes=d.sql_address_space_bytes,
     )
     return run_query(views, query, limits, root=root if views else None)
+
+
+# --------------------------------------------------------------------------- downloads
+
+
+def parquet_chunks(store: ArtifactStore, version: DatasetVersion) -> Iterator[bytes]:
+    """The version's Parquet file, in 1 MiB blocks."""
+    with store.open(version.org_id, version.storage_key) as handle:
+        while block := handle.read(1024 * 1024):
+            yield block
+
+
+def csv_chunks(
+    store: ArtifactStore, settings: Settings, version: DatasetVersion
+) -> Iterator[bytes]:
+    """The version as CSV, converted in record batches (bounded memory)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    path = local_parquet(store, settings, version)
+    con = connect(
+        allowed_paths=[path],
+        memory_limit=settings.data.duckdb_memory_limit,
+        threads=settings.data.duckdb_threads,
+    )
+    try:
+        reader = con.sql(f"SELECT * FROM read_parquet({qstr(str(path))})").to_arrow_reader(65536)
+        assert reader is not None
+        first = True
+        for batch in reader:
+            sink = pa.BufferOutputStream()
+            casted = _csv_safe(batch)
+            pacsv.write_csv(casted, sink, write_options=pacsv.WriteOptions(include_header=first))
+            first = False
+            yield sink.getvalue().to_pybytes()
+        if first:  # no batches: header only
+            sink = pa.BufferOutputStream()
+            pacsv.write_csv(reader.schema.empty_table(), sink)
+            yield sink.getvalue().to_pybytes()
+    except Exception as exc:  # the response has started; end it with a readable marker
+        yield f"\n# error: {clean_error(exc)}\n".encode()
+    finally:
+        con.close()
+
+
+def _csv_safe(batch: Any) -> Any:
+    """CSV cannot carry time zones: write zoned timestamps as UTC wall time."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arrays = []
+    for column in batch.columns:
+        if pa.types.is_timestamp(column.type) and column.type.tz is not None:
+            column = pc.cast(column, pa.timestamp(column.type.unit))
+        arrays.append(column)
+    return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)

@@ -35,6 +35,12 @@ class Upload:
     sha256: str = ""
     fields: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def file(self) -> Path:
+        """The received file; :func:`receive_upload` never returns an upload without one."""
+        assert self.path is not None
+        return self.path
+
 
 class _State:
     def __init__(self, dest: Path, max_bytes: int) -> None:
