@@ -77,6 +77,33 @@ def test_bad_org_ids_are_refused(store, org_id):
         store.put_bytes(org_id, "k", b"x")
 
 
+def test_put_file_links_on_the_same_filesystem_and_survives_the_source(store, tmp_path):
+    src = tmp_path / "scratch" / "data.parquet"
+    src.parent.mkdir()
+    src.write_bytes(b"p" * 50_000)
+    store.put_file(ORG, "datasets/ds_1/data.parquet", src)
+    stored = store.local_path(ORG, "datasets/ds_1/data.parquet")
+    assert stored is not None
+    assert stored.stat().st_ino == src.stat().st_ino
+    src.unlink()  # the scratch directory is removed after the request
+    assert store.get_bytes(ORG, "datasets/ds_1/data.parquet") == b"p" * 50_000
+    assert [p.name for p in stored.parent.iterdir()] == ["data.parquet"]  # no temp left
+
+
+def test_put_file_copies_when_it_cannot_link(store, tmp_path, monkeypatch):
+    def cross_device(*_args: object, **_kwargs: object) -> None:
+        raise OSError(18, "Invalid cross-device link")  # EXDEV: another filesystem
+
+    monkeypatch.setattr(os, "link", cross_device)
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"c" * 10_000)
+    store.put_file(ORG, "k.bin", src)
+    stored = store.local_path(ORG, "k.bin")
+    assert stored is not None
+    assert stored.stat().st_ino != src.stat().st_ino
+    assert stored.read_bytes() == b"c" * 10_000
+
+
 def test_symlink_out_of_namespace_is_refused(store, tmp_path):
     store.put_bytes(OTHER, "secret.bin", b"other org")
     org_root = Path(store.root) / "orgs" / ORG

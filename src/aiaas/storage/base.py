@@ -46,7 +46,11 @@ class ArtifactStore(ABC):
 
     @abstractmethod
     def put_file(self, org_id: str, key: str, local_path: Path) -> None:
-        """Copy (or move, for the local backend) a finished local file to ``key`` atomically."""
+        """Store a finished local file at ``key`` atomically.
+
+        The caller must not modify ``local_path`` afterwards: the local backend hard-links
+        it when it can (same filesystem) instead of copying.
+        """
 
     @abstractmethod
     def open(self, org_id: str, key: str) -> BinaryIO: ...

@@ -66,7 +66,10 @@ class FsspecArtifactStore(ArtifactStore):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         tmp = f"{Path(path).parent}/.tmp-{uuid.uuid4().hex}"
         try:
-            shutil.copyfile(local_path, tmp)
+            try:  # same filesystem: a hard link, no copy (the caller never writes it again)
+                os.link(local_path, tmp)
+            except OSError:
+                shutil.copyfile(local_path, tmp)
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
