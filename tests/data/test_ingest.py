@@ -89,6 +89,32 @@ def test_csv_details_quotes_bom_latin1_empty_vs_missing_dates(client, tenants, u
     assert _download(client, h, body["id"]).column("b").to_pylist() == ["é"]
 
 
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_value_after_the_type_sample_widens_the_type(client, tenants, upload, fmt):
+    """A valid file whose column changes type after DuckDB's 20,480-row sniffing sample.
+
+    Numbers for 30,000 rows, then "n/a": the file is fine, so the column becomes text
+    (types re-read from the whole file) instead of the upload failing on line 30,002.
+    """
+    h = tenants.a.headers("developer")
+    n = 30_000
+    if fmt == "csv":
+        content = b"id,qty\n" + b"".join(b"%d,%d\n" % (i, i % 7) for i in range(n))
+        content += b"30000,n/a\n30001,2.5\n"
+    else:
+        lines = [json.dumps({"id": i, "qty": i % 7}) for i in range(n)]
+        lines += [json.dumps({"id": n, "qty": "n/a"}), json.dumps({"id": n + 1, "qty": 2.5})]
+        content = ("\n".join(lines) + "\n").encode()
+    body = _ok(upload, h, content, filename=f"late.{fmt}")
+    version = body["version"]
+    assert version["row_count"] == n + 2
+    assert {c["name"]: c["type"] for c in version["schema"]}["id"] == "integer"
+    assert version["source"]["options"]["types_from"] == "whole file"
+    qty = _download(client, h, body["id"]).column("qty").to_pylist()
+    assert qty[:3] == ["0", "1", "2"]
+    assert qty[-2:] == ["n/a", "2.5"]
+
+
 def test_wide_table_and_hostile_column_names(client, tenants, upload):
     h = tenants.a.headers("developer")
     n = 600
