@@ -23,14 +23,14 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
+
+from _benchenv import bench_python
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "datasets" / "pmlb"
 RESULTS = ROOT / "benchmarks" / "results"
-BENCH_VENV = ROOT / ".venv-bench"
 SYSTEMS = ("aiaas", "flaml", "lgbm_default")
 TASKS = {
     "adult": "binary",
@@ -195,27 +195,7 @@ def run_one(system: str, name: str, budget: float) -> dict[str, object]:
 # ----------------------------------------------------------------------------- driver
 def _ensure_bench_python() -> str:
     """A Python that has FLAML and aiaas: this one, or .venv-bench (created on first use)."""
-    try:
-        import flaml  # noqa: F401
-
-        import aiaas.automl  # noqa: F401
-
-        return sys.executable
-    except ImportError:
-        pass
-    py = BENCH_VENV / "bin" / "python"
-    if not py.exists():
-        print(f"creating {BENCH_VENV} from requirements-bench.lock (first run only)", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(BENCH_VENV)], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "uv==0.13.9"], check=True)
-        uv = str(BENCH_VENV / "bin" / "uv")
-        lock = str(ROOT / "requirements-bench.lock")
-        subprocess.run([uv, "pip", "sync", "-q", "--python", str(py), lock], check=True)
-        subprocess.run(
-            [uv, "pip", "install", "-q", "--python", str(py), "--no-deps", "-e", str(ROOT)],
-            check=True,
-        )
-    return str(py)
+    return bench_python("flaml")
 
 
 def _rank(values: list[float | None], greater: bool) -> list[float]:

@@ -3,9 +3,8 @@
     python benchmarks/ingest.py [--rows 10000000] [--workdir DIR] [--keep]
 
 1. Generates the CSV with ../shared/bench/ingest/gen_csv.py (10M rows ≈ 1.1 GB; cached in
-   the work dir between runs). gen_csv.py writes through polars; when polars is not
-   installed, a stand-in writes the same generated table through DuckDB's CSV writer
-   (quotes only where needed, like polars' ``quote_style="necessary"``).
+   the work dir between runs). gen_csv.py writes through polars, a bench-only dependency:
+   it runs in ``.venv-bench`` (``requirements-bench.lock``) unless this Python has polars.
 2. Measures, each in its own process:
    a. aiaas: ``aiaas serve`` (uvicorn) on 127.0.0.1, and a streamed httpx multipart upload to
       ``POST /api/v1/datasets`` — stream to disk + SHA-256, convert to Parquet, profile,
@@ -23,7 +22,6 @@ import argparse
 import json
 import os
 import resource
-import runpy
 import shutil
 import signal
 import socket
@@ -34,6 +32,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from _benchenv import bench_python
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 GEN_CSV = REPO.parent / "shared" / "bench" / "ingest" / "gen_csv.py"
@@ -43,49 +43,14 @@ MiB = 1024 * 1024
 # --------------------------------------------------------------------------- data
 
 
-def _polars_standin() -> None:
-    """A minimal ``polars`` for gen_csv.py: from_arrow(t).write_csv(f, ...) via DuckDB."""
-    import types
-
-    import duckdb
-
-    class _Frame:
-        def __init__(self, table: object) -> None:
-            self.table = table
-
-        def write_csv(self, f: object, include_header: bool = True, quote_style: str = "") -> None:
-            con = duckdb.connect()
-            con.register("chunk", self.table)
-            with tempfile.NamedTemporaryFile(suffix=".csv") as tmp:
-                header = "true" if include_header else "false"
-                con.execute(f"COPY chunk TO '{tmp.name}' (HEADER {header}, DELIMITER ',')")
-                with open(tmp.name, "rb") as part:
-                    shutil.copyfileobj(part, f, 16 * MiB)  # type: ignore[misc]
-            con.close()
-
-    module = types.ModuleType("polars")
-    module.from_arrow = _Frame  # type: ignore[attr-defined]
-    sys.modules["polars"] = module
-
-
 def generate(path: Path, rows: int) -> None:
+    """Write the anchor CSV with gen_csv.py (polars, from the bench environment)."""
     if path.exists():
         return
-    try:
-        import polars  # noqa: F401
-
-        writer = "polars"
-    except ImportError:
-        _polars_standin()
-        writer = "duckdb stand-in for polars"
-    print(f"generating {rows:,} rows with gen_csv.py ({writer}) ...", flush=True)
+    python = bench_python("polars", "pyarrow", "numpy")
+    print(f"generating {rows:,} rows with gen_csv.py ...", flush=True)
     tmp = path.with_suffix(".partial")
-    argv = sys.argv
-    sys.argv = [str(GEN_CSV), str(tmp), "--rows", str(rows)]
-    try:
-        runpy.run_path(str(GEN_CSV), run_name="__main__")
-    finally:
-        sys.argv = argv
+    subprocess.run([python, str(GEN_CSV), str(tmp), "--rows", str(rows)], check=True)
     tmp.replace(path)
 
 
@@ -164,7 +129,9 @@ def _vm_hwm(pid: int) -> int:
     return 0
 
 
-def measure_aiaas(csv: Path, work: Path, extra_env: dict[str, str]) -> dict[str, float]:
+def measure_aiaas(
+    csv: Path, work: Path, extra_env: dict[str, str], client: str = "httpx"
+) -> dict[str, float]:
     import httpx
 
     data_dir = work / "aiaas-data"
@@ -217,21 +184,32 @@ def measure_aiaas(csv: Path, work: Path, extra_env: dict[str, str]) -> dict[str,
         warm.raise_for_status()
         baseline = _vm_hwm(server.pid)
         t = time.perf_counter()
-        with csv.open("rb") as handle:
-            response = httpx.post(
-                f"{base}/api/v1/datasets",
-                headers=headers,
-                files={"file": (csv.name, handle, "text/csv")},
-                data={"name": "bench"},
-                timeout=3600,
-            )
+        if client == "curl":  # what a user types for a big file: curl -F file=@data.csv
+            done = subprocess.run(
+                ["curl", "-sS", "-o", "-", "-w", "\n%{http_code}", "-H",
+                 f"Authorization: Bearer {key}", "-F", f"file=@{csv};type=text/csv",
+                 "-F", "name=bench", f"{base}/api/v1/datasets"],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            text, _, status = done.stdout.rpartition("\n")
+        else:
+            with csv.open("rb") as handle:
+                response = httpx.post(
+                    f"{base}/api/v1/datasets",
+                    headers=headers,
+                    files={"file": (csv.name, handle, "text/csv")},
+                    data={"name": "bench"},
+                    timeout=3600,
+                )
+            text, status = response.text, str(response.status_code)
         seconds = time.perf_counter() - t
-        if response.status_code != 201:
-            raise RuntimeError(f"upload failed: {response.status_code} {response.text[:500]}")
+        if status != "201":
+            raise RuntimeError(f"upload failed: {status} {text[:500]}")
         peak = _vm_hwm(server.pid)
-        version = response.json()["version"]
+        created = json.loads(text)
+        version = created["version"]
         prof = httpx.get(
-            f"{base}/api/v1/datasets/{response.json()['id']}/versions/1/profile",
+            f"{base}/api/v1/datasets/{created['id']}/versions/1/profile",
             headers=headers,
             timeout=60,
         ).json()
@@ -288,6 +266,9 @@ def main() -> int:
         results: dict[str, dict[str, float]] = {}
         print("aiaas upload ...", flush=True)
         results["aiaas"] = measure_aiaas(csv, work, {})
+        if shutil.which("curl"):
+            print("aiaas upload with curl -F ...", flush=True)
+            results["aiaas_curl"] = measure_aiaas(csv, work, {}, client="curl")
         print("aiaas upload, AIAAS_DATA__INGEST_PRESERVE_ORDER=false ...", flush=True)
         results["aiaas_unordered"] = measure_aiaas(
             csv, work, {"AIAAS_DATA__INGEST_PRESERVE_ORDER": "false"}
@@ -317,11 +298,14 @@ def main() -> int:
         ]
         labels = {
             "aiaas": "aiaas upload (HTTP stream → disk + SHA-256 → Parquet → profile → commit)",
+            "aiaas_curl": "aiaas upload, sent with `curl -F` instead of httpx",
             "aiaas_unordered": "aiaas upload, `ingest_preserve_order=false`",
             "pandas": "pandas read_csv + to_parquet",
             "duckdb": "DuckDB COPY read_csv_auto → Parquet (1 GB limit, no order)",
         }
         for key, label in labels.items():
+            if key not in results:
+                continue
             r = results[key]
             rate = mib / r["seconds"]
             lines.append(
@@ -349,7 +333,12 @@ def main() -> int:
                     for k in ("receive_s", "convert_s", "profile_s", "store_s")
                     if k in r
                 )
-                for label, r in (("ordered", up), ("unordered", results["aiaas_unordered"]))
+                for label, r in (
+                    ("httpx", up),
+                    ("curl", results.get("aiaas_curl", {})),
+                    ("unordered", results["aiaas_unordered"]),
+                )
+                if r
             )
             + ".",
             "",
