@@ -89,3 +89,7 @@ class QuotaExceeded(TooManyRequests):
 
 class ServiceUnavailable(AiaasError):
     status, code, title = 503, "unavailable", "Service unavailable"
+
+
+class InsufficientStorage(AiaasError):
+    status, code, title = 507, "insufficient_storage", "Insufficient storage"

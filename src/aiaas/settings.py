@@ -104,6 +104,18 @@ class DataSettings(BaseModel):
         description="Keep the uploaded row order in the stored Parquet. False lets DuckDB "
         "write row groups in parallel order (~25% faster conversion, less memory).",
     )
+    ingest_timeout_s: float = Field(
+        3600.0,
+        gt=0,
+        description="Wall-clock limit of one ingest process (conversion of one upload); its "
+        "CPU-seconds limit is this times duckdb_threads.",
+    )
+    ingest_address_space_bytes: int = Field(
+        4 * 1024 * MiB,
+        ge=0,
+        description="RLIMIT_AS of an ingest process (0: unlimited). Uploads are parsed in a "
+        "separate, limited process, never in the API process.",
+    )
     profile_exact_rows: int = Field(
         1_000_000,
         ge=0,

@@ -177,6 +177,61 @@ def test_hostile_files_rejected_cleanly(client, tenants, upload, settings, case)
     assert data_files(settings) == []
 
 
+def test_ingest_process_out_of_memory_is_a_clean_4xx(client, tenants, upload, settings):
+    """The upload is parsed in a separate process under RLIMIT_AS; when that process cannot
+    get memory, the caller gets a problem body, nothing is stored, and the API carries on."""
+    h = tenants.a.headers("developer")
+    settings.data.ingest_address_space_bytes = 64 * 1024 * 1024  # too small even to start
+    r = upload(h, b"a,b\n1,2\n", name="starved")
+    assert r.status_code in (413, 422)  # MemoryError reported (413), or the process died (422)
+    body = assert_problem(r, r.status_code)
+    assert "memory" in body["detail"] or "could not be converted" in body["detail"]
+    assert client.get("/api/v1/datasets", headers=h).json()["items"] == []
+    assert data_files(settings) == []
+    settings.data.ingest_address_space_bytes = 4 * 1024**3
+    assert upload(h, b"a,b\n1,2\n", name="after").status_code == 201
+
+
+def test_ingest_process_timeout_is_a_clean_4xx(client, tenants, upload, settings):
+    h = tenants.a.headers("developer")
+    settings.data.ingest_timeout_s = 0.01  # the process is killed before it answers
+    body = assert_problem(upload(h, b"a,b\n1,2\n", name="slow"), 422)
+    assert "longer than" in body["detail"]
+    assert client.get("/api/v1/datasets", headers=h).json()["items"] == []
+    assert data_files(settings) == []
+
+
+def test_ingest_process_file_size_limit(tmp_path):
+    """RLIMIT_FSIZE in the ingest process: a write past it fails (EFBIG), it is not killed."""
+    from aiaas.data.ingest import IngestLimits, IngestOptions
+    from aiaas.data.ingest_worker import Isolation, convert_isolated
+    from aiaas.errors import PayloadTooLarge
+
+    src = tmp_path / "upload"
+    with gzip.open(src, "wb") as gz:
+        for i in range(20_000):
+            gz.write(b"%d,some text that compresses well\n" % i)
+    with pytest.raises(PayloadTooLarge, match="over the limit"):
+        convert_isolated(
+            src,
+            tmp_path,
+            filename="x.csv.gz",
+            options=IngestOptions(),
+            limits=IngestLimits(),
+            isolation=Isolation(timeout_s=60, max_file_bytes=100_000),
+        )
+    converted = convert_isolated(
+        src,
+        tmp_path,
+        filename="x.csv.gz",
+        options=IngestOptions(header=False),
+        limits=IngestLimits(),
+        isolation=Isolation(timeout_s=60),
+    )
+    assert converted.result.row_count == 20_000
+    assert converted.peak_rss > 0
+
+
 def test_cell_limit_applies_to_parquet_too(client, tenants, upload, settings):
     settings.data.max_cell_bytes = 1000
     buf = io.BytesIO()

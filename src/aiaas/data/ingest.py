@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import errno
 import gzip
 import io
 import zlib
@@ -109,6 +110,8 @@ def gunzip_bounded(src: Path, dest: Path, limits: IngestLimits) -> int:
                     )
                 out.write(chunk)
     except (OSError, EOFError, zlib.error) as exc:
+        if isinstance(exc, OSError) and exc.errno in (errno.EFBIG, errno.ENOSPC):
+            raise  # our write failed (file size limit, disk full), not the input
         raise InvalidInput(f"the gzip stream is corrupt: {type(exc).__name__}") from None
     return total
 

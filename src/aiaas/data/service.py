@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from aiaas.auth import audit
 from aiaas.auth.principal import Principal
-from aiaas.data import ingest, profile, recipes
+from aiaas.data import ingest, ingest_worker, profile, recipes
 from aiaas.data.duck import clean_error, connect, qident, qstr
 from aiaas.data.models import Dataset, DatasetVersion
 from aiaas.data.pii import org_hash_key
@@ -65,6 +65,35 @@ def ingest_limits(settings: Settings) -> ingest.IngestLimits:
         threads=d.duckdb_threads,
         preserve_order=d.ingest_preserve_order,
     )
+
+
+def convert_upload(
+    settings: Settings,
+    src: Path,
+    *,
+    filename: str | None = None,
+    options: ingest.IngestOptions | None = None,
+) -> ingest.IngestResult:
+    """Convert an untrusted file (inside its work dir) to Parquet in a limited subprocess."""
+    d = settings.data
+    started = time.perf_counter()
+    converted = ingest_worker.convert_isolated(
+        src,
+        src.parent,
+        filename=filename,
+        options=options or ingest.IngestOptions(),
+        limits=ingest_limits(settings),
+        isolation=ingest_worker.Isolation(
+            timeout_s=d.ingest_timeout_s, address_bytes=d.ingest_address_space_bytes
+        ),
+    )
+    log.info(
+        "dataset_converted",
+        rows=converted.result.row_count,
+        convert_s=round(time.perf_counter() - started, 3),
+        convert_peak_rss_mib=round(converted.peak_rss / 2**20),
+    )
+    return converted.result
 
 
 def profile_limits(settings: Settings) -> profile.ProfileLimits:
@@ -409,16 +438,7 @@ def create_dataset(
 ) -> Dataset:
     """Create a dataset whose version 1 is the uploaded file (upload is inside a work dir)."""
     _ensure_name_free(session, principal, name)
-    options = _options(fields)
-    started = time.perf_counter()
-    result = ingest.convert_to_parquet(
-        upload, upload.parent, filename=filename, options=options, limits=ingest_limits(settings)
-    )
-    log.info(
-        "dataset_converted",
-        rows=result.row_count,
-        convert_s=round(time.perf_counter() - started, 3),
-    )
+    result = convert_upload(settings, upload, filename=filename, options=_options(fields))
     dataset = _new_dataset(session, principal, name, description)
     _store_version(
         session,
@@ -449,13 +469,7 @@ def add_version_from_file(
 ) -> DatasetVersion:
     dataset = get_dataset(session, principal, dataset_id)
     audit.set_resource("dataset", dataset.id)
-    result = ingest.convert_to_parquet(
-        upload,
-        upload.parent,
-        filename=filename,
-        options=_options(fields),
-        limits=ingest_limits(settings),
-    )
+    result = convert_upload(settings, upload, filename=filename, options=_options(fields))
     return _store_version(
         session,
         principal,
@@ -631,12 +645,7 @@ def import_dataset(
     with work_dir(settings) as wd:
         dest = wd / "import.jsonl"
         rows = import_query(url, query, dest, limits)
-        result = ingest.convert_to_parquet(
-            dest,
-            wd,
-            options=ingest.IngestOptions(format="jsonl"),
-            limits=ingest_limits(settings),
-        )
+        result = convert_upload(settings, dest, options=ingest.IngestOptions(format="jsonl"))
         dataset = _new_dataset(session, principal, name, description, imported_rows=rows)
         from sqlalchemy.engine import make_url
 

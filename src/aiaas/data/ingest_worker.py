@@ -1,0 +1,233 @@
+"""Ingest in a limited subprocess: ``python -B -m aiaas.data.ingest_worker``.
+
+Uploaded bytes are untrusted (SECURITY-CHECKLIST: "anything that parses untrusted bytes runs
+in a subprocess"), so :func:`convert_isolated` runs :func:`aiaas.data.ingest.convert_to_parquet`
+in a fresh process that first limits itself: address space (``RLIMIT_AS``), CPU seconds,
+the size of any file it writes (``RLIMIT_FSIZE``, with SIGXFSZ ignored so a write fails
+instead of killing it), open files, no core dumps. A parser bug, a decompression or memory
+bomb, or a kill can then only end that process: the caller gets a 4xx problem naming what
+happened, and the API process keeps its memory and stays up.
+
+Protocol: one JSON request on stdin; one JSON line on stdout — ``{"ok": true, "result":
+{...}, "peak_rss": bytes}`` or ``{"ok": false, "error": "<AiaasError class>", "message":
+"..."}``. Nothing else crosses: the parent rebuilds the result and maps the error class
+through an allow-list.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from aiaas.data.ingest import IngestLimits, IngestOptions, IngestResult
+from aiaas.errors import (
+    AiaasError,
+    InsufficientStorage,
+    InvalidInput,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+
+log = structlog.get_logger()
+
+_ERRORS: dict[str, type[AiaasError]] = {
+    cls.__name__: cls
+    for cls in (InvalidInput, PayloadTooLarge, UnsupportedMediaType, InsufficientStorage)
+}
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """Limits of one ingest process (from ``DataSettings`` via the service)."""
+
+    timeout_s: float = 3600.0
+    address_bytes: int = 4 * 1024**3  # RLIMIT_AS; 0 = unlimited
+    max_file_bytes: int = 0  # RLIMIT_FSIZE; 0 = derived from the ingest limits
+
+
+@dataclass(frozen=True)
+class Converted:
+    result: IngestResult
+    peak_rss: int  # the ingest process's high-water mark (bytes)
+
+
+def convert_isolated(
+    src: Path,
+    work_dir: Path,
+    *,
+    filename: str | None,
+    options: IngestOptions,
+    limits: IngestLimits,
+    isolation: Isolation,
+) -> Converted:
+    """Convert ``src`` (inside ``work_dir``) to Parquet in a limited subprocess."""
+    max_file = isolation.max_file_bytes or (
+        max(limits.max_decompressed_bytes, src.stat().st_size) + 64 * 1024**2
+    )
+    request = {
+        "src": str(src),
+        "work_dir": str(work_dir),
+        "filename": filename,
+        "options": dataclasses.asdict(options),
+        "limits": dataclasses.asdict(limits),
+        "address_bytes": int(isolation.address_bytes),
+        "cpu_s": int(isolation.timeout_s * max(1, limits.threads)) + 5,
+        "max_file_bytes": int(max_file),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-B", "-m", "aiaas.data.ingest_worker"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=work_dir,
+        start_new_session=True,  # a timeout kills the whole group
+    )
+    try:
+        out, err = proc.communicate(json.dumps(request).encode(), timeout=isolation.timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise InvalidInput(
+            f"converting the file took longer than {isolation.timeout_s:g} s; it was stopped"
+        ) from None
+    except BaseException:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        raise
+    reply = _reply(out)
+    if reply is None:
+        log.warning(
+            "ingest_process_failed",
+            returncode=proc.returncode,
+            stderr=err.decode("utf-8", "replace")[-2000:],
+        )
+        raise InvalidInput(_crash_message(proc.returncode))
+    if not reply.get("ok"):
+        error = _ERRORS.get(str(reply.get("error")), InvalidInput)
+        raise error(str(reply.get("message") or "the file could not be converted"))
+    r = reply["result"]
+    return Converted(
+        result=IngestResult(
+            parquet_path=Path(r["parquet_path"]),
+            row_count=int(r["row_count"]),
+            columns=[(str(n), str(t)) for n, t in r["columns"]],
+            source_format=r["source_format"],
+            compression=r["compression"],
+            detected=dict(r["detected"]),
+        ),
+        peak_rss=int(reply.get("peak_rss") or 0),
+    )
+
+
+def _reply(out: bytes) -> dict[str, Any] | None:
+    lines = out.strip().splitlines()
+    if not lines:
+        return None
+    try:
+        reply = json.loads(lines[-1])
+    except ValueError:
+        return None
+    return reply if isinstance(reply, dict) else None
+
+
+def _crash_message(returncode: int | None) -> str:
+    if returncode is not None and returncode < 0:
+        sig = -returncode
+        if sig == signal.SIGXCPU:
+            return "converting the file used more CPU time than allowed; it was stopped"
+        if sig == signal.SIGKILL:
+            return "converting the file needed more memory than allowed; it was stopped"
+        return f"the file could not be converted (the ingest process stopped: signal {sig})"
+    return "the file could not be converted within the ingest process's limits"
+
+
+# --------------------------------------------------------------------------- child side
+
+
+def _limit(request: dict[str, Any]) -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write fails with EFBIG
+    max_file = int(request["max_file_bytes"])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (max_file, max_file))
+    cpu = int(request["cpu_s"])
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
+    if request["address_bytes"]:
+        size = int(request["address_bytes"])
+        resource.setrlimit(resource.RLIMIT_AS, (size, size))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+
+def _answer(reply: dict[str, Any]) -> None:
+    sys.stdout.buffer.write(json.dumps(reply).encode() + b"\n")
+    sys.stdout.buffer.flush()
+
+
+def main() -> int:
+    request: dict[str, Any] = json.loads(sys.stdin.buffer.read())
+    _limit(request)
+    from aiaas.data.ingest import convert_to_parquet
+
+    try:
+        result = convert_to_parquet(
+            Path(request["src"]),
+            Path(request["work_dir"]),
+            filename=request["filename"],
+            options=IngestOptions(**request["options"]),
+            limits=IngestLimits(**request["limits"]),
+        )
+    except AiaasError as exc:
+        _answer({"ok": False, "error": type(exc).__name__, "message": exc.detail})
+        return 0
+    except MemoryError:
+        _answer({"ok": False, "error": "PayloadTooLarge", "message": _MEMORY})
+        return 0
+    except OSError as exc:
+        _answer(_os_error(exc))
+        return 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    _answer(
+        {
+            "ok": True,
+            "result": {
+                "parquet_path": str(result.parquet_path),
+                "row_count": result.row_count,
+                "columns": result.columns,
+                "source_format": result.source_format,
+                "compression": result.compression,
+                "detected": result.detected,
+            },
+            "peak_rss": peak,
+        }
+    )
+    return 0
+
+
+_MEMORY = "converting the file needed more memory than allowed"
+
+
+def _os_error(exc: OSError) -> dict[str, Any]:
+    import errno
+
+    if exc.errno == errno.EFBIG:
+        error, message = "PayloadTooLarge", "converting the file would write a file over the limit"
+    elif exc.errno == errno.ENOSPC:
+        error, message = "InsufficientStorage", "there is not enough disk space to convert the file"
+    else:
+        error = "InvalidInput"
+        message = f"the file could not be converted ({exc.strerror or type(exc).__name__})"
+    return {"ok": False, "error": error, "message": message}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
