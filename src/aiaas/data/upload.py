@@ -2,9 +2,10 @@
 
 Starlette's ``request.form()`` spools file parts to a temporary file with no total cap and
 then we would copy it again; here the body is parsed as it arrives (python-multipart's push
-parser), the file part is written in 4 MiB blocks off the event loop while its SHA-256 is
-computed, and the byte limit is ours — crossing it is a 413 and the partial file is
-deleted. Small text fields (``name``, options) are capped at 64 KiB each, 32 fields in all.
+parser), the file part is gathered into 4 MiB blocks (one copy per block) and written off the
+event loop while its SHA-256 is computed on another thread, and the byte limit is ours —
+crossing it is a 413 and the partial file is deleted. Small text fields (``name``, options)
+are capped at 64 KiB each, 32 fields in all.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -53,7 +55,8 @@ class _State:
         self.filename: str | None = None
         self.is_file = False
         self.value = bytearray()
-        self.buffer = bytearray()
+        self.buffer: list[bytes] = []
+        self.buffered = 0
         self.handle: BinaryIO | None = None
         self.hasher = hashlib.sha256()
         self.upload = Upload()
@@ -61,50 +64,66 @@ class _State:
         self.pending: list[bytes] = []
 
 
-def _flush_block(state: _State, block: bytes) -> None:
-    assert state.handle is not None
-    state.hasher.update(block)
-    state.handle.write(block)
-
-
 class _Writer:
-    """Hashes and writes blocks on its own thread, so the body keeps streaming meanwhile."""
+    """Hashes and writes blocks on two threads of their own (both release the GIL), so the
+    body keeps streaming meanwhile and SHA-256 and the disk write overlap each other."""
 
     def __init__(self, state: _State) -> None:
         self.state = state
-        self.blocks: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
         self.error: BaseException | None = None
         self.aborted = False
-        self.thread = threading.Thread(target=self._run, name="upload-writer", daemon=True)
-        self.thread.start()
+        self.queues: list[queue.Queue[bytes | None]] = [queue.Queue(maxsize=4) for _ in range(2)]
+        self.threads = [
+            threading.Thread(target=self._run, args=(q, work), name=name, daemon=True)
+            for q, work, name in zip(
+                self.queues,
+                (self._hash, self._write),
+                ("upload-hash", "upload-write"),
+                strict=True,
+            )
+        ]
+        for thread in self.threads:
+            thread.start()
 
-    def _run(self) -> None:
-        while (block := self.blocks.get()) is not None:
+    def _hash(self, block: bytes) -> None:
+        self.state.hasher.update(block)
+
+    def _write(self, block: bytes) -> None:
+        assert self.state.handle is not None
+        self.state.handle.write(block)
+
+    def _run(self, blocks: queue.Queue[bytes | None], work: Callable[[bytes], None]) -> None:
+        while (block := blocks.get()) is not None:
             if self.error is None and not self.aborted:
                 try:
-                    _flush_block(self.state, block)
+                    work(block)
                 except BaseException as exc:  # reported to the request by put/close
                     self.error = exc
 
     async def put(self, block: bytes) -> None:
         if self.error is not None:
             raise self.error
-        try:
-            self.blocks.put_nowait(block)
-        except queue.Full:
-            await anyio.to_thread.run_sync(self.blocks.put, block)
+        for blocks in self.queues:
+            try:
+                blocks.put_nowait(block)
+            except queue.Full:
+                await anyio.to_thread.run_sync(blocks.put, block)
+
+    def _finish(self) -> None:
+        for blocks in self.queues:
+            blocks.put(None)  # a thread drains without working once aborted, then exits
+        for thread in self.threads:
+            thread.join()
 
     async def close(self) -> None:
-        await anyio.to_thread.run_sync(self.blocks.put, None)
-        await anyio.to_thread.run_sync(self.thread.join)
+        await anyio.to_thread.run_sync(self._finish)
         if self.error is not None:
             raise self.error
 
     def abort(self) -> None:
         self.aborted = True
-        if self.thread.is_alive():
-            self.blocks.put(None)  # the thread drains without writing, then exits
-            self.thread.join()
+        if any(thread.is_alive() for thread in self.threads):
+            self._finish()
 
 
 async def receive_upload(request: Request, dest: Path, max_bytes: int) -> Upload:
@@ -149,16 +168,17 @@ async def receive_upload(request: Request, dest: Path, max_bytes: int) -> Upload
     def on_part_data(data: bytes, start: int, end: int) -> None:
         if st.error is not None:
             return
-        chunk = data[start:end]
+        chunk = data if start == 0 and end == len(data) else data[start:end]  # no copy
         if st.is_file:
             st.upload.size += len(chunk)
             if st.upload.size > st.max_bytes:
                 st.error = PayloadTooLarge(f"the file exceeds the limit of {st.max_bytes} bytes")
                 return
-            st.buffer += chunk
-            if len(st.buffer) >= _BLOCK:
-                st.pending.append(bytes(st.buffer))
-                st.buffer = bytearray()
+            st.buffer.append(chunk)
+            st.buffered += len(chunk)
+            if st.buffered >= _BLOCK:  # one copy per block, not one per network chunk
+                st.pending.append(b"".join(st.buffer))
+                st.buffer, st.buffered = [], 0
         else:
             st.value += chunk
             if len(st.value) > _FIELD_MAX:
@@ -169,8 +189,8 @@ async def receive_upload(request: Request, dest: Path, max_bytes: int) -> Upload
             return
         if st.is_file:
             if st.buffer:
-                st.pending.append(bytes(st.buffer))
-                st.buffer = bytearray()
+                st.pending.append(b"".join(st.buffer))
+                st.buffer, st.buffered = [], 0
         else:
             try:
                 st.upload.fields[st.name] = st.value.decode("utf-8")
