@@ -7,8 +7,9 @@
    it runs in ``.venv-bench`` (``requirements-bench.lock``) unless this Python has polars.
 2. Measures, each in its own process:
    a. aiaas: ``aiaas serve`` (uvicorn) on 127.0.0.1, and a streamed httpx multipart upload to
-      ``POST /api/v1/datasets`` — stream to disk + SHA-256, convert to Parquet, profile,
-      store, commit. Peak memory is the server's VmHWM (peak RSS) from /proc.
+      ``POST /api/v1/datasets`` — stream to disk + SHA-256, convert to Parquet (in the
+      ingest subprocess), profile, store, commit; again with ``curl -F``. Peak memory is the
+      server's VmHWM (peak RSS) from /proc, plus the ingest process's own peak (logged).
    b. pandas ``read_csv`` + ``to_parquet``;
    c. DuckDB ``COPY (SELECT * FROM read_csv_auto(...)) TO ... (FORMAT parquet)`` with
       ``memory_limit='1GB'`` and ``preserve_insertion_order=false``;
@@ -236,7 +237,7 @@ def _stages(log: str) -> dict[str, float]:
     import re
 
     found: dict[str, float] = {}
-    for key in ("receive_s", "convert_s", "profile_s", "store_s"):
+    for key in ("receive_s", "convert_s", "profile_s", "store_s", "convert_peak_rss_mib"):
         values = re.findall(rf"{key}=([0-9.]+)", log)
         if values:
             found[key] = float(values[-1])
@@ -323,7 +324,11 @@ def main() -> int:
             f"{results['describe']['rss'] / MiB:.0f} |",
             "",
             f"aiaas server RSS before the upload: {up['baseline_rss'] / MiB:.0f} MiB "
-            "(peak RSS is the process high-water mark, VmHWM).",
+            "(peak RSS is the process high-water mark, VmHWM). The upload is parsed and "
+            "converted in a separate ingest process; its own peak: "
+            f"{up.get('convert_peak_rss_mib', 0):.0f} MiB. Server and ingest process at "
+            f"their peaks together: {up['rss'] / MiB + up.get('convert_peak_rss_mib', 0):.0f}"
+            " MiB.",
             "",
             "aiaas upload stages (server log): "
             + "; ".join(
