@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -164,6 +164,44 @@ def sweep_scratch(settings: Settings, *, older_than_s: float = 3600.0) -> int:
                 removed += 1
         except FileNotFoundError:
             continue
+    return removed
+
+
+def sweep_orphans(session: Session, store: ArtifactStore, *, older_than_s: float = 3600.0) -> int:
+    """Remove stored version files no version row refers to; returns how many versions.
+
+    A version's files are stored before its row is committed (and a dataset's files are
+    deleted after its rows), so a crash in between leaves files without a row. Call at
+    startup: only files untouched for ``older_than_s`` are removed, so a version another
+    replica is storing right now is left alone.
+    """
+    from aiaas.auth.models import Organization
+
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for org_id in session.scalars(select(Organization.id)):
+        known = {
+            key.rsplit("/", 1)[0]
+            for key in session.scalars(
+                select(DatasetVersion.storage_key).where(DatasetVersion.org_id == org_id)
+            )
+        }
+        stale: dict[str, bool] = {}
+        for key in store.list(org_id, "datasets"):
+            parts = key.split("/")
+            if len(parts) < 4:
+                continue
+            prefix = "/".join(parts[:3])  # datasets/<dataset id>/<version id>
+            if prefix in known:
+                continue
+            modified = store.modified(org_id, key)
+            old = modified is not None and modified < cutoff
+            stale[prefix] = stale.get(prefix, True) and old
+        for prefix, old in stale.items():
+            if old:
+                store.delete_prefix(org_id, prefix)
+                removed += 1
+                log.info("orphan_version_files_removed", org_id=org_id, prefix=prefix)
     return removed
 
 
@@ -513,7 +551,16 @@ def delete_dataset(
     audit.set_resource("dataset", dataset.id)
     session.delete(dataset)
     session.flush()
-    store.delete_prefix(principal.org_id, f"datasets/{dataset.id}")
+    org_id, prefix = principal.org_id, f"datasets/{dataset.id}"
+
+    def delete_files(_session: Session) -> None:
+        # only once the rows are gone for good: a failed commit keeps files and rows together
+        try:
+            store.delete_prefix(org_id, prefix)
+        except Exception as exc:  # the rows are gone; sweep_orphans removes the files later
+            log.warning("dataset_files_not_deleted", dataset_id=dataset_id, error=str(exc))
+
+    event.listen(session, "after_commit", delete_files, once=True)
 
 
 @heavy

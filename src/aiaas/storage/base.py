@@ -73,5 +73,9 @@ class ArtifactStore(ABC):
     def list(self, org_id: str, prefix: str) -> Iterator[str]: ...
 
     @abstractmethod
+    def modified(self, org_id: str, key: str) -> float | None:
+        """When ``key`` was last written (POSIX seconds), or None if the backend cannot say."""
+
+    @abstractmethod
     def local_path(self, org_id: str, key: str) -> Path | None:
         """A real file path for ``key`` (local backend), or None where there is none (S3)."""

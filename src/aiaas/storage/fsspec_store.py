@@ -7,6 +7,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, cast
 
@@ -95,6 +96,13 @@ class FsspecArtifactStore(ArtifactStore):
             rel = str(found)[len(org_root) + 1 :]
             if not Path(rel).name.startswith(".tmp-"):
                 yield rel
+
+    def modified(self, org_id: str, key: str) -> float | None:
+        info = self.fs.info(self._path(org_id, key))
+        value = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
+        if isinstance(value, datetime):
+            return value.timestamp()
+        return float(value) if isinstance(value, int | float) else None
 
     def local_path(self, org_id: str, key: str) -> Path | None:
         return Path(self._path(org_id, key)) if self.is_local else None
