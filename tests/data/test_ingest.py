@@ -333,3 +333,16 @@ def test_ingest_slots_bound_concurrency(settings):
     release.set()
     holder.join(5)
     assert work(settings, False) == "done"
+
+
+def test_child_processes_get_none_of_the_api_secrets(monkeypatch):
+    from aiaas.data.child import child_command, child_env
+
+    monkeypatch.setenv("AIAAS_AUTH__SECRET_KEY", "canary-secret-key")
+    monkeypatch.setenv("AIAAS_DATABASE_URL", "postgresql://u:canary-pw@db/x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "canary-aws")
+    monkeypatch.setenv("PYTHONPATH", "/tmp/planted")
+    env = child_env()
+    assert "canary" not in repr(env)
+    assert set(env) <= {"PATH", "LANG", "HOME"}
+    assert "-I" in child_command("aiaas.data.ingest_worker")  # PYTHON* variables ignored too

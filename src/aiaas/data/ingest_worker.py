@@ -29,6 +29,7 @@ from typing import Any
 
 import structlog
 
+from aiaas.data.child import child_command, child_env
 from aiaas.data.ingest import IngestLimits, IngestOptions, IngestResult
 from aiaas.errors import (
     AiaasError,
@@ -85,10 +86,11 @@ def convert_isolated(
         "max_file_bytes": int(max_file),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-B", "-m", "aiaas.data.ingest_worker"],
+        child_command("aiaas.data.ingest_worker"),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        env=child_env(),  # none of the API process's secrets
         cwd=work_dir,
         start_new_session=True,  # a timeout kills the whole group
     )

@@ -18,9 +18,7 @@ import csv
 import io
 import json
 import math
-import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -29,6 +27,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from aiaas.data.child import child_command, child_env
 from aiaas.errors import InvalidInput
 
 
@@ -119,19 +118,13 @@ def run_query(
         "threads": limits.threads,
         "address_bytes": limits.address_bytes,
     }
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "HOME": "/nonexistent",
-    }
     try:
         proc = subprocess.run(
-            [sys.executable, "-B", "-I", "-m", "aiaas.data.sql_worker"],
+            child_command("aiaas.data.sql_worker"),
             input=json.dumps(request).encode(),
             capture_output=True,
             timeout=limits.timeout_s + 10,
-            env=env,
+            env=child_env(),
             cwd=str(root) if root is not None else "/",
             check=False,
         )
