@@ -31,6 +31,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from _benchenv import bench_python
@@ -232,6 +233,12 @@ def measure_aiaas(
         log_file.close()
 
 
+def _median_run(found: list[dict[str, float]]) -> dict[str, float]:
+    """The run with the median time (its memory and stages come with it)."""
+    ordered = sorted(found, key=lambda r: r["seconds"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def _stages(log: str) -> dict[str, float]:
     """The last upload's stage timings from the server's log lines."""
     import re
@@ -254,6 +261,9 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--keep", action="store_true", help="keep the work dir (and CSV cache)")
+    ap.add_argument(
+        "--repeat", type=int, default=3, help="rounds of every path; the median is reported"
+    )
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="aiaas-bench-ingest-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -264,23 +274,30 @@ def main() -> int:
         mib = size / MiB
         print(f"CSV: {args.rows:,} rows, {mib:,.0f} MiB", flush=True)
 
-        results: dict[str, dict[str, float]] = {}
-        print("aiaas upload ...", flush=True)
-        results["aiaas"] = measure_aiaas(csv, work, {})
-        if shutil.which("curl"):
-            print("aiaas upload with curl -F ...", flush=True)
-            results["aiaas_curl"] = measure_aiaas(csv, work, {}, client="curl")
-        print("aiaas upload, AIAAS_DATA__INGEST_PRESERVE_ORDER=false ...", flush=True)
-        results["aiaas_unordered"] = measure_aiaas(
-            csv, work, {"AIAAS_DATA__INGEST_PRESERVE_ORDER": "false"}
-        )
-        print("pandas read_csv + to_parquet ...", flush=True)
-        results["pandas"] = run_child(CHILD_PANDAS, str(csv), str(work / "pandas.parquet"))
-        print("duckdb COPY ...", flush=True)
         (work / "spill").mkdir(exist_ok=True)
-        results["duckdb"] = run_child(
-            CHILD_DUCKDB, str(csv), str(work / "duckdb.parquet"), str(work / "spill")
-        )
+        measures: dict[str, Callable[[], dict[str, float]]] = {
+            "aiaas": lambda: measure_aiaas(csv, work, {}),
+            "aiaas_curl": lambda: measure_aiaas(csv, work, {}, client="curl"),
+            "aiaas_unordered": lambda: measure_aiaas(
+                csv, work, {"AIAAS_DATA__INGEST_PRESERVE_ORDER": "false"}
+            ),
+            "pandas": lambda: run_child(CHILD_PANDAS, str(csv), str(work / "pandas.parquet")),
+            "duckdb": lambda: run_child(
+                CHILD_DUCKDB, str(csv), str(work / "duckdb.parquet"), str(work / "spill")
+            ),
+        }
+        if not shutil.which("curl"):
+            del measures["aiaas_curl"]
+        runs: dict[str, list[dict[str, float]]] = {key: [] for key in measures}
+        for round_no in range(1, args.repeat + 1):  # interleaved: drift hits every path alike
+            for key, measure in measures.items():
+                print(f"round {round_no}/{args.repeat}: {key} ...", flush=True)
+                runs[key].append(measure())
+        results = {key: _median_run(found) for key, found in runs.items()}
+        spread = {
+            key: (min(r["seconds"] for r in found), max(r["seconds"] for r in found))
+            for key, found in runs.items()
+        }
         print("profile alone ...", flush=True)
         results["profile"] = run_child(CHILD_PROFILE, str(work / "duckdb.parquet"))
         print("pandas describe ...", flush=True)
@@ -293,6 +310,9 @@ def main() -> int:
             "",
             f"Machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; "
             f"run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+            "",
+            f"Each path ran {args.repeat} times, interleaved; the table shows the median run "
+            "(seconds min–max in brackets).",
             "",
             "| path | seconds | MiB/s | × pandas | peak RSS (MiB) |",
             "| --- | ---: | ---: | ---: | ---: |",
@@ -310,7 +330,8 @@ def main() -> int:
             r = results[key]
             rate = mib / r["seconds"]
             lines.append(
-                f"| {label} | {r['seconds']:.1f} | {rate:.0f} | {rate / pandas_rate:.2f} | "
+                f"| {label} | {r['seconds']:.1f} ({spread[key][0]:.1f}–{spread[key][1]:.1f}) | "
+                f"{rate:.0f} | {rate / pandas_rate:.2f} | "
                 f"{r['rss'] / MiB:.0f} |"
             )
         lines += [
