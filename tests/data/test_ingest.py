@@ -157,6 +157,10 @@ HOSTILE = {
     "duplicate_columns_case": (b"Name,name\n1,2\n", 422),
     "bad_json": (b'{"a": 1}\n{"a": \n', 422),
     "bad_parquet": (b"PAR1" + b"\x00" * 50 + b"PAR1", 422),
+    "blank_lines": (b"\n\n\n", 422),
+    "empty_header": (b",,,\n,,,\n", 422),
+    "json_not_records": (b"[1, 2, 3]", 422),
+    "json_mixed_lines": (b'{"a": 1}\n[1]\n', 422),
 }
 
 
@@ -172,6 +176,9 @@ def test_hostile_files_rejected_cleanly(client, tenants, upload, settings, case)
     assert body["detail"]
     if case == "ragged":
         assert body["detail"] == "record 3 has 3 fields; the first record has 2"
+    assert "Try setting" not in body["detail"]  # no DuckDB options the caller cannot set
+    if case.startswith("json_"):
+        assert body["detail"].startswith("JSON input must be objects")
     assert "/" not in body["detail"].replace("N/A", "") or "<" in body["detail"]
     assert client.get("/api/v1/datasets", headers=h).json()["items"] == []
     assert data_files(settings) == []

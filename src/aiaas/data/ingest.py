@@ -411,6 +411,10 @@ def _convert(
             "encoding": encoding,
         }
         first = read_header(src, encoding, delim, quote, limits.max_line_bytes)
+        if header and not any(name.strip() for name in first):
+            raise InvalidInput(
+                "the header line has no column names (send header=false if the file has no header)"
+            )
         if header:
             names = check_column_names(first, limits)
         else:
@@ -502,9 +506,20 @@ def _is_type_error(message: str) -> bool:
 
 def _parse_error(fmt: str, exc: BaseException, replacements: dict[str, str]) -> InvalidInput:
     label = {"csv": "CSV", "jsonl": "JSON", "parquet": "Parquet"}.get(fmt, fmt)
-    text = clean_error(exc, replacements=replacements)
-    if "maximum line size" in text.lower() or "max_line_size" in text.lower():
+    return _explained(label, clean_error(exc, replacements=replacements))
+
+
+_NOT_RECORDS = "JSON input must be objects (records): one object per line, or one array of objects"
+
+
+def _explained(label: str, text: str) -> InvalidInput:
+    """DuckDB's message, or plain words where it would suggest options the caller lacks."""
+    lower = text.lower()
+    if "maximum line size" in lower or "max_line_size" in lower:
         return InvalidInput(f"cannot parse {label}: a line or cell exceeds the size limit")
+    if "expected records" in lower or "non-record json" in lower:
+        return InvalidInput(_NOT_RECORDS)
+    text = text.split(" Try setting ", 1)[0].split(" Try increasing ", 1)[0]
     return InvalidInput(f"cannot parse {label}: {text}")
 
 
@@ -514,9 +529,7 @@ def _safe_describe(
     try:
         columns = _describe(con, source_sql)
     except duckdb.Error as exc:
-        raise InvalidInput(
-            f"cannot parse {label}: {clean_error(exc, replacements=replacements)}"
-        ) from None
+        raise _explained(label, clean_error(exc, replacements=replacements)) from None
     if not columns:
         raise InvalidInput(f"the {label} file has no columns")
     return columns
