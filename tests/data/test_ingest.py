@@ -161,6 +161,7 @@ HOSTILE = {
     "empty_header": (b",,,\n,,,\n", 422),
     "json_not_records": (b"[1, 2, 3]", 422),
     "json_mixed_lines": (b'{"a": 1}\n[1]\n', 422),
+    "json_case_duplicates": (b'{"id": 1, "ID": 2}\n', 422),
 }
 
 
@@ -177,7 +178,7 @@ def test_hostile_files_rejected_cleanly(client, tenants, upload, settings, case)
     if case == "ragged":
         assert body["detail"] == "record 3 has 3 fields; the first record has 2"
     assert "Try setting" not in body["detail"]  # no DuckDB options the caller cannot set
-    if case.startswith("json_"):
+    if case.startswith("json_not") or case.startswith("json_mixed"):
         assert body["detail"].startswith("JSON input must be objects")
     assert "/" not in body["detail"].replace("N/A", "") or "<" in body["detail"]
     assert client.get("/api/v1/datasets", headers=h).json()["items"] == []
@@ -237,6 +238,25 @@ def test_ingest_process_file_size_limit(tmp_path):
     )
     assert converted.result.row_count == 20_000
     assert converted.peak_rss > 0
+
+
+def test_names_differing_only_in_case_are_refused_in_every_format(client, tenants, upload):
+    """DuckDB would quietly rename the second one ("A" → "A_1"); CSV already refuses it."""
+    h = tenants.a.headers("developer")
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"Price": [1], "price": [2]}), buf)
+    body = assert_problem(upload(h, buf.getvalue(), filename="p.parquet"), 422)
+    assert "duplicate column name" in body["detail"]
+    # the second spelling first appears past the 256 KiB sample aiaas reads itself, but
+    # inside the 20,480 records DuckDB samples
+    lines = [b'{"k": %d, "pad": "%s"}' % (i, b"p" * 24) for i in range(15_000)]
+    content = b"\n".join([*lines, b'{"K": 1}']) + b"\n"
+    assert content.index(b'"K"') > 256 * 1024
+    body = assert_problem(upload(h, content, filename="late.jsonl"), 422)
+    assert body["detail"].startswith("duplicate column name 'K' (also 'k'; names that differ")
+    # a real column named like DuckDB's suffix is fine
+    ok = _ok(upload, h, b'{"x": 1, "x_1": 2}\n{"x": 3, "x_1": 4}\n', filename="s.jsonl")
+    assert [c["name"] for c in ok["version"]["schema"]] == ["x", "x_1"]
 
 
 def test_cell_limit_applies_to_parquet_too(client, tenants, upload, settings):

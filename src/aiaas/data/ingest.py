@@ -25,6 +25,7 @@ import csv
 import errno
 import gzip
 import io
+import json
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -221,6 +222,55 @@ def _check_ragged(text: str, delim: str, quote: str, width: int, *, complete: bo
             )
 
 
+def _parquet_names(path: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    try:
+        return list(pq.read_schema(path).names)
+    except Exception as exc:  # a footer pyarrow refuses is the file's fault
+        raise InvalidInput(f"cannot parse Parquet: {type(exc).__name__}") from None
+
+
+def _json_keys(head: bytes, *, complete: bool) -> list[str]:
+    """Keys of the records in the sample, in first-seen order (duplicates kept)."""
+    text = head.decode("utf-8", "replace").lstrip("\ufeff \t\r\n")
+    records: list[Any] = []
+    if text.startswith("["):
+        if complete:
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                return []  # DuckDB reports the syntax error
+            records = parsed if isinstance(parsed, list) else []
+    else:
+        lines = text.splitlines()
+        if not complete:
+            lines = lines[:-1]  # the sample's last line may be cut off
+        for line in lines:
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    keys: dict[str, None] = {}
+    for record in records:
+        if isinstance(record, dict):
+            keys.update(dict.fromkeys(record))
+    return list(keys)
+
+
+def _refuse_renamed(names: Sequence[str], seen: set[str]) -> None:
+    """DuckDB suffixes a key that differs from another only in case ("A" → "A_1")."""
+    folded = {n.casefold(): n for n in reversed(names)}  # the first spelling wins
+    for name in names:
+        base, _, number = name.rpartition("_")
+        other = folded.get(base.casefold())
+        if number.isdigit() and base and name not in seen and other is not None:
+            raise InvalidInput(
+                f"duplicate column name {base!r} (also {other!r}; names that differ only in "
+                "case are one column in SQL)"
+            )
+
+
 def check_column_names(names: Sequence[str], limits: IngestLimits) -> list[str]:
     """Enforce the column cap; refuse duplicates (case-insensitive, as SQL sees them)."""
     if len(names) > limits.max_columns:
@@ -387,14 +437,18 @@ def _convert(
                 f"the file has {declared} rows; at most {limits.max_rows} are allowed"
             )
         columns = _safe_describe(con, source_sql, replacements, "Parquet")
-        check_column_names([c[0] for c in columns], limits)
+        # DuckDB renames a second "A" next to "a" to "A_1"; the file's own names decide
+        check_column_names(_parquet_names(src), limits)
     elif fmt == "jsonl":
         source_sql = (
             f"read_json({qstr(str(src))}, format='auto', records=true, "
             f"maximum_object_size={int(limits.max_line_bytes)}, {_SAMPLED})"
         )
+        seen = _json_keys(head, complete=size <= len(head))
+        check_column_names(seen, limits)
         columns = _safe_describe(con, source_sql, replacements, "JSON")
         check_column_names([c[0] for c in columns], limits)
+        _refuse_renamed([c[0] for c in columns], set(seen))
     else:
         complete = size <= len(head)
         encoding = options.encoding or detect_encoding(head, complete=complete)
