@@ -314,8 +314,10 @@ def test_parquet_row_bomb_refused_from_footer(client, tenants, upload, settings)
 
 def test_deeply_nested_json_refused(client, tenants, upload, settings):
     deep = "[" * 100_000 + "]" * 100_000
-    content = ('{"a": ' + deep + "}\n").encode()
-    assert_problem(upload(tenants.a.headers("developer"), content, filename="d.jsonl"), 422)
+    for content in (('{"a": ' + deep + "}\n").encode(), deep.encode()):
+        r = upload(tenants.a.headers("developer"), content, filename="d.jsonl")
+        body = assert_problem(r, 422)
+        assert "could not be converted" not in body["detail"]  # refused, not a crash
     assert data_files(settings) == []
 
 
@@ -373,3 +375,34 @@ def test_child_processes_get_none_of_the_api_secrets(monkeypatch):
     assert "canary" not in repr(env)
     assert set(env) <= {"PATH", "LANG", "HOME"}
     assert "-I" in child_command("aiaas.data.ingest_worker")  # PYTHON* variables ignored too
+
+
+def test_ingest_process_reports_an_unexpected_error_instead_of_dying(tmp_path):
+    import subprocess
+    import sys
+
+    src = tmp_path / "upload"
+    src.write_bytes(b"a,b\n1,2\n")
+    request = {
+        "src": str(src),
+        "work_dir": str(tmp_path),
+        "filename": "x.csv",
+        "options": {"format": "csv", "not_an_option": 1},  # IngestOptions refuses it
+        "limits": {},
+        "address_bytes": 0,
+        "cpu_s": 60,
+        "max_file_bytes": 10**9,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "aiaas.data.ingest_worker"],
+        input=json.dumps(request).encode(),
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0
+    reply = json.loads(done.stdout.strip().splitlines()[-1])
+    assert reply["ok"] is False
+    assert reply["internal"] is True
+    assert reply["error"] == "InvalidInput"
+    assert b"TypeError" in done.stderr  # the traceback goes to the parent's log

@@ -239,8 +239,8 @@ def _json_keys(head: bytes, *, complete: bool) -> list[str]:
         if complete:
             try:
                 parsed = json.loads(text)
-            except ValueError:
-                return []  # DuckDB reports the syntax error
+            except (ValueError, RecursionError):
+                return []  # DuckDB reports the syntax error or the nesting
             records = parsed if isinstance(parsed, list) else []
     else:
         lines = text.splitlines()
@@ -249,7 +249,7 @@ def _json_keys(head: bytes, *, complete: bool) -> list[str]:
         for line in lines:
             try:
                 records.append(json.loads(line))
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
     keys: dict[str, None] = {}
     for record in records:

@@ -115,6 +115,8 @@ def convert_isolated(
             stderr=err.decode("utf-8", "replace")[-2000:],
         )
         raise InvalidInput(_crash_message(proc.returncode))
+    if reply.get("internal"):
+        log.error("ingest_unexpected_error", stderr=err.decode("utf-8", "replace")[-4000:])
     if not reply.get("ok"):
         error = _ERRORS.get(str(reply.get("error")), InvalidInput)
         raise error(str(reply.get("message") or "the file could not be converted"))
@@ -197,6 +199,12 @@ def main() -> int:
     except OSError as exc:
         _answer(_os_error(exc))
         return 0
+    except Exception:  # a bug or an unforeseen input: say so, and log it in the parent
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+        _answer({"ok": False, "error": "InvalidInput", "message": _UNEXPECTED, "internal": True})
+        return 0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     _answer(
         {
@@ -216,6 +224,7 @@ def main() -> int:
 
 
 _MEMORY = "converting the file needed more memory than allowed"
+_UNEXPECTED = "the file could not be converted (an unexpected error; it has been logged)"
 
 
 def _os_error(exc: OSError) -> dict[str, Any]:
