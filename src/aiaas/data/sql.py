@@ -100,8 +100,9 @@ def run_query(
 ) -> SqlResult:
     """Run ``query`` over ``views`` (name → Parquet path) in a sandboxed subprocess.
 
-    With ``root``, the process runs there and sees the paths relative to it, so neither
-    ``duckdb_views()`` nor ``duckdb_settings()`` reveal where the platform keeps data.
+    With ``root``, the process runs there and sees the paths relative to it, so
+    ``duckdb_views()`` shows no server paths. (``duckdb_settings()`` still shows the absolute
+    paths of the caller's own files: DuckDB resolves ``allowed_paths``.)
     """
     limits = limits or SqlLimits()
     if root is not None:
