@@ -2,10 +2,10 @@
 
 Starlette's ``request.form()`` spools file parts to a temporary file with no total cap and
 then we would copy it again; here the body is parsed as it arrives (python-multipart's push
-parser), the file part is gathered into 4 MiB blocks (one copy per block) and written off the
-event loop while its SHA-256 is computed on another thread, and the byte limit is ours —
-crossing it is a 413 and the partial file is deleted. Small text fields (``name``, options)
-are capped at 64 KiB each, 32 fields in all.
+parser), the file part's network chunks are handed over in 4 MiB batches (never copied) to
+two threads that write them and compute their SHA-256, off the event loop. The byte limit is
+ours — crossing it is a 413 and the partial file is deleted. Small text fields (``name``,
+options) are capped at 64 KiB each, 32 fields in all.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from aiaas.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedM
 _FIELD_MAX = 64 * 1024
 _MAX_FIELDS = 32
 _BLOCK = 4 * 1024 * 1024
+Block = list[bytes]  # network chunks handed to the hash and write threads together
 
 
 @dataclass
@@ -61,7 +62,7 @@ class _State:
         self.hasher = hashlib.sha256()
         self.upload = Upload()
         self.error: Exception | None = None
-        self.pending: list[bytes] = []
+        self.pending: list[Block] = []
 
 
 class _Writer:
@@ -72,7 +73,7 @@ class _Writer:
         self.state = state
         self.error: BaseException | None = None
         self.aborted = False
-        self.queues: list[queue.Queue[bytes | None]] = [queue.Queue(maxsize=4) for _ in range(2)]
+        self.queues: list[queue.Queue[Block | None]] = [queue.Queue(maxsize=4) for _ in range(2)]
         self.threads = [
             threading.Thread(target=self._run, args=(q, work), name=name, daemon=True)
             for q, work, name in zip(
@@ -85,14 +86,15 @@ class _Writer:
         for thread in self.threads:
             thread.start()
 
-    def _hash(self, block: bytes) -> None:
-        self.state.hasher.update(block)
+    def _hash(self, block: Block) -> None:
+        for chunk in block:
+            self.state.hasher.update(chunk)
 
-    def _write(self, block: bytes) -> None:
+    def _write(self, block: Block) -> None:
         assert self.state.handle is not None
-        self.state.handle.write(block)
+        self.state.handle.writelines(block)
 
-    def _run(self, blocks: queue.Queue[bytes | None], work: Callable[[bytes], None]) -> None:
+    def _run(self, blocks: queue.Queue[Block | None], work: Callable[[Block], None]) -> None:
         while (block := blocks.get()) is not None:
             if self.error is None and not self.aborted:
                 try:
@@ -100,7 +102,7 @@ class _Writer:
                 except BaseException as exc:  # reported to the request by put/close
                     self.error = exc
 
-    async def put(self, block: bytes) -> None:
+    async def put(self, block: Block) -> None:
         if self.error is not None:
             raise self.error
         for blocks in self.queues:
@@ -176,8 +178,8 @@ async def receive_upload(request: Request, dest: Path, max_bytes: int) -> Upload
                 return
             st.buffer.append(chunk)
             st.buffered += len(chunk)
-            if st.buffered >= _BLOCK:  # one copy per block, not one per network chunk
-                st.pending.append(b"".join(st.buffer))
+            if st.buffered >= _BLOCK:  # handed over as a list: the bytes are never copied
+                st.pending.append(st.buffer)
                 st.buffer, st.buffered = [], 0
         else:
             st.value += chunk
@@ -189,7 +191,7 @@ async def receive_upload(request: Request, dest: Path, max_bytes: int) -> Upload
             return
         if st.is_file:
             if st.buffer:
-                st.pending.append(b"".join(st.buffer))
+                st.pending.append(st.buffer)
                 st.buffer, st.buffered = [], 0
         else:
             try:
