@@ -406,3 +406,74 @@ def test_ingest_process_reports_an_unexpected_error_instead_of_dying(tmp_path):
     assert reply["internal"] is True
     assert reply["error"] == "InvalidInput"
     assert b"TypeError" in done.stderr  # the traceback goes to the parent's log
+
+
+HOSTILE_CHILD = r"""
+import json, os, sys
+request = json.loads(sys.stdin.read())
+work, mode = request["work_dir"], sys.argv[1]
+ok = {"ok": True, "result": {"parquet_path": "/etc/passwd", "row_count": 1,
+      "columns": [["a", "BIGINT"]], "source_format": "csv", "compression": None,
+      "detected": {"delimiter": ",", "evil": "x" * 10_000, "quote": "q" * 10_000}}}
+target = sys.argv[2]
+if mode == "symlink":
+    os.symlink(target, os.path.join(work, "data.parquet"))
+elif mode == "hardlink":
+    os.link(target, os.path.join(work, "data.parquet"))
+elif mode == "flood":  # a valid answer, but only after 50 MiB: the parent must not read it all
+    with open(os.path.join(work, "data.parquet"), "wb") as f:
+        f.write(b"PAR1")
+    sys.stdout.write("x" * (50 * 1024 * 1024) + "\n")
+elif mode == "forbidden":
+    ok = {"ok": False, "error": "Forbidden", "message": "m" * 100_000}
+elif mode == "honest":
+    with open(os.path.join(work, "data.parquet"), "wb") as f:
+        f.write(b"PAR1")
+print(json.dumps(ok))
+"""
+
+
+@pytest.mark.parametrize("mode", ["symlink", "hardlink", "flood", "forbidden", "honest"])
+def test_a_compromised_ingest_process_cannot_hand_back_other_files(tmp_path, monkeypatch, mode):
+    """The child has parsed hostile bytes, so its answer is untrusted: the parent accepts only
+    the output path it chose, as a fresh regular file, reads a bounded reply, and maps error
+    classes through an allow-list."""
+    import sys
+
+    from aiaas.data import ingest_worker
+    from aiaas.data.ingest import IngestLimits, IngestOptions
+    from aiaas.errors import InvalidInput
+
+    script = tmp_path / "hostile_child.py"
+    script.write_text(HOSTILE_CHILD)
+    secret = tmp_path / "other-org-data.parquet"  # what a link would smuggle into the store
+    secret.write_bytes(b"PAR1 someone else's rows")
+    work = tmp_path / "work"
+    work.mkdir()
+    src = work / "upload"
+    src.write_bytes(b"a\n1\n")
+    monkeypatch.setattr(
+        ingest_worker,
+        "child_command",
+        lambda _module: [sys.executable, str(script), mode, str(secret)],
+    )
+
+    def run() -> ingest_worker.Converted:
+        return ingest_worker.convert_isolated(
+            src,
+            work,
+            filename="a.csv",
+            options=IngestOptions(),
+            limits=IngestLimits(),
+            isolation=ingest_worker.Isolation(timeout_s=60),
+        )
+
+    if mode == "honest":  # the reply's own path and extra fields are ignored
+        converted = run()
+        assert converted.result.parquet_path == work / "data.parquet"
+        assert converted.result.detected == {"delimiter": ","}
+        return
+    with pytest.raises(InvalidInput) as raised:
+        run()
+    assert len(raised.value.detail) <= 2000
+    assert "someone else" not in raised.value.detail

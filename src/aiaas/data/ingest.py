@@ -38,6 +38,7 @@ from aiaas.data.duck import clean_error, connect, qident, qstr
 from aiaas.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 MiB = 1024 * 1024
+OUTPUT_NAME = "data.parquet"  # convert_to_parquet writes work_dir / OUTPUT_NAME
 Format = Literal["csv", "parquet", "jsonl"]
 Encoding = Literal["utf-8", "utf-16", "latin-1"]
 
@@ -391,7 +392,7 @@ def convert_to_parquet(
         if head.startswith(b"\x1f\x8b"):
             raise UnsupportedMediaType("nested compression is not supported")
     fmt = options.format or detect_format(head, filename)
-    out = work_dir / "data.parquet"
+    out = work_dir / OUTPUT_NAME
     con = connect(
         allowed_directories=[work_dir],
         memory_limit=limits.memory_limit,

@@ -21,16 +21,18 @@ import json
 import os
 import resource
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import structlog
 
 from aiaas.data.child import child_command, child_env
-from aiaas.data.ingest import IngestLimits, IngestOptions, IngestResult
+from aiaas.data.ingest import OUTPUT_NAME, Format, IngestLimits, IngestOptions, IngestResult
 from aiaas.errors import (
     AiaasError,
     InsufficientStorage,
@@ -85,53 +87,94 @@ def convert_isolated(
         "cpu_s": int(isolation.timeout_s * max(1, limits.threads)) + 5,
         "max_file_bytes": int(max_file),
     }
-    proc = subprocess.Popen(
-        child_command("aiaas.data.ingest_worker"),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=child_env(),  # none of the API process's secrets
-        cwd=work_dir,
-        start_new_session=True,  # a timeout kills the whole group
-    )
-    try:
-        out, err = proc.communicate(json.dumps(request).encode(), timeout=isolation.timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise InvalidInput(
-            f"converting the file took longer than {isolation.timeout_s:g} s; it was stopped"
-        ) from None
-    except BaseException:
-        if proc.poll() is None:
+    # The child is untrusted once it has read the upload: its answer is read back through
+    # our own file descriptors (bounded), and the only path we accept from it is the one we
+    # chose, checked to be a fresh regular file — not a link to someone else's data.
+    with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file:
+        proc = subprocess.Popen(
+            child_command("aiaas.data.ingest_worker"),
+            stdin=subprocess.PIPE,
+            stdout=out_file,
+            stderr=err_file,
+            env=child_env(),  # none of the API process's secrets
+            cwd=work_dir,
+            start_new_session=True,  # a timeout kills the whole group
+        )
+        try:
+            proc.communicate(json.dumps(request).encode(), timeout=isolation.timeout_s)
+        except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-        raise
+            proc.wait()
+            raise InvalidInput(
+                f"converting the file took longer than {isolation.timeout_s:g} s; it was stopped"
+            ) from None
+        except BaseException:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            raise
+        out = _head(out_file, _REPLY_BYTES)
+        err = _tail(err_file, 4000)
     reply = _reply(out)
     if reply is None:
         log.warning(
             "ingest_process_failed",
             returncode=proc.returncode,
-            stderr=err.decode("utf-8", "replace")[-2000:],
+            stderr=err.decode("utf-8", "replace"),
         )
         raise InvalidInput(_crash_message(proc.returncode))
     if reply.get("internal"):
-        log.error("ingest_unexpected_error", stderr=err.decode("utf-8", "replace")[-4000:])
+        log.error("ingest_unexpected_error", stderr=err.decode("utf-8", "replace"))
     if not reply.get("ok"):
         error = _ERRORS.get(str(reply.get("error")), InvalidInput)
-        raise error(str(reply.get("message") or "the file could not be converted"))
-    r = reply["result"]
-    return Converted(
-        result=IngestResult(
-            parquet_path=Path(r["parquet_path"]),
+        message = str(reply.get("message") or "the file could not be converted")[:2000]
+        raise error(message)
+    try:
+        r = reply["result"]
+        result = IngestResult(
+            parquet_path=_own_output(work_dir),
             row_count=int(r["row_count"]),
             columns=[(str(n), str(t)) for n, t in r["columns"]],
-            source_format=r["source_format"],
-            compression=r["compression"],
-            detected=dict(r["detected"]),
-        ),
-        peak_rss=int(reply.get("peak_rss") or 0),
-    )
+            source_format=_FORMATS[str(r["source_format"])],
+            compression="gzip" if r["compression"] == "gzip" else None,
+            detected={
+                k: v
+                for k, v in dict(r["detected"]).items()
+                if k in _DETECTED and isinstance(v, str | bool) and len(str(v)) <= 32
+            },
+        )
+    except (KeyError, TypeError, ValueError):
+        log.warning("ingest_process_bad_reply", returncode=proc.returncode)
+        raise InvalidInput(_crash_message(proc.returncode)) from None
+    return Converted(result=result, peak_rss=int(reply.get("peak_rss") or 0))
+
+
+_REPLY_BYTES = 1 << 20
+_FORMATS: dict[str, Format] = {"csv": "csv", "jsonl": "jsonl", "parquet": "parquet"}
+_DETECTED = {"delimiter", "quote", "escape", "header", "encoding", "types_from"}
+
+
+def _head(handle: IO[bytes], limit: int) -> bytes:
+    handle.seek(0)
+    return handle.read(limit)
+
+
+def _tail(handle: IO[bytes], limit: int) -> bytes:
+    size = handle.seek(0, os.SEEK_END)
+    handle.seek(max(0, size - limit))
+    return handle.read(limit)
+
+
+def _own_output(work_dir: Path) -> Path:
+    """The converted file, if it is what a conversion leaves: a fresh, regular, unlinked file."""
+    path = work_dir / OUTPUT_NAME
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        raise ValueError("no output") from None
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.getuid():
+        raise ValueError("the output is not a file the conversion wrote")
+    return path
 
 
 def _reply(out: bytes) -> dict[str, Any] | None:
