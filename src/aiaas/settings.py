@@ -116,6 +116,11 @@ class DataSettings(BaseModel):
         description="RLIMIT_AS of an ingest process (0: unlimited). Uploads are parsed in a "
         "separate, limited process, never in the API process.",
     )
+    ingest_sandbox: bool = Field(
+        True,
+        description="Confine each ingest process with Landlock (Linux >= 5.13) to its scratch "
+        "directory and the Python installation; where the kernel lacks it, rlimits only.",
+    )
     profile_exact_rows: int = Field(
         1_000_000,
         ge=0,

@@ -38,6 +38,7 @@ from aiaas.errors import (
     InsufficientStorage,
     InvalidInput,
     PayloadTooLarge,
+    ServiceUnavailable,
     UnsupportedMediaType,
 )
 
@@ -45,7 +46,13 @@ log = structlog.get_logger()
 
 _ERRORS: dict[str, type[AiaasError]] = {
     cls.__name__: cls
-    for cls in (InvalidInput, PayloadTooLarge, UnsupportedMediaType, InsufficientStorage)
+    for cls in (
+        InvalidInput,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        InsufficientStorage,
+        ServiceUnavailable,
+    )
 }
 
 
@@ -56,12 +63,14 @@ class Isolation:
     timeout_s: float = 3600.0
     address_bytes: int = 4 * 1024**3  # RLIMIT_AS; 0 = unlimited
     max_file_bytes: int = 0  # RLIMIT_FSIZE; 0 = derived from the ingest limits
+    sandbox: bool = True  # Landlock, where the kernel has it
 
 
 @dataclass(frozen=True)
 class Converted:
     result: IngestResult
     peak_rss: int  # the ingest process's high-water mark (bytes)
+    sandbox_abi: int = 0  # the Landlock ABI the process confined itself with (0: none)
 
 
 def convert_isolated(
@@ -86,6 +95,7 @@ def convert_isolated(
         "address_bytes": int(isolation.address_bytes),
         "cpu_s": int(isolation.timeout_s * max(1, limits.threads)) + 5,
         "max_file_bytes": int(max_file),
+        "sandbox": isolation.sandbox,
     }
     # The child is untrusted once it has read the upload: its answer is read back through
     # our own file descriptors (bounded), and the only path we accept from it is the one we
@@ -146,7 +156,11 @@ def convert_isolated(
     except (KeyError, TypeError, ValueError):
         log.warning("ingest_process_bad_reply", returncode=proc.returncode)
         raise InvalidInput(_crash_message(proc.returncode)) from None
-    return Converted(result=result, peak_rss=int(reply.get("peak_rss") or 0))
+    return Converted(
+        result=result,
+        peak_rss=int(reply.get("peak_rss") or 0),
+        sandbox_abi=int(reply.get("sandbox_abi") or 0),
+    )
 
 
 _REPLY_BYTES = 1 << 20
@@ -220,9 +234,43 @@ def _answer(reply: dict[str, Any]) -> None:
     sys.stdout.buffer.flush()
 
 
+def _sandbox(work_dir: Path) -> int:
+    """Landlock: read the Python installation and system libraries, write ``work_dir``."""
+    import aiaas
+    from aiaas.data import landlock
+
+    read_only = {
+        sys.prefix,
+        sys.base_prefix,
+        sys.exec_prefix,
+        os.path.dirname(aiaas.__file__),  # an editable install lives outside sys.prefix
+        "/usr",
+        "/lib",
+        "/lib64",
+        "/etc/ld.so.cache",
+        "/etc/localtime",
+        "/dev/urandom",
+        "/proc/self",  # this process only: never the API process's environment
+        "/proc/meminfo",
+        "/proc/cpuinfo",
+        "/sys/devices/system/cpu",
+        "/sys/fs/cgroup",
+    }
+    return landlock.restrict(sorted(read_only), [work_dir, "/dev/null"])
+
+
 def main() -> int:
     request: dict[str, Any] = json.loads(sys.stdin.buffer.read())
     _limit(request)
+    try:
+        sandbox_abi = _sandbox(Path(request["work_dir"])) if request.get("sandbox", True) else 0
+    except OSError as exc:  # the kernel has Landlock but refused our rules: say so, do not run
+        message = (
+            f"the ingest sandbox could not be applied ({exc.strerror or exc}); an operator can "
+            "set AIAAS_DATA__INGEST_SANDBOX=false"
+        )
+        _answer({"ok": False, "error": "ServiceUnavailable", "message": message})
+        return 0
     from aiaas.data.ingest import convert_to_parquet
 
     try:
@@ -261,6 +309,7 @@ def main() -> int:
                 "detected": result.detected,
             },
             "peak_rss": peak,
+            "sandbox_abi": sandbox_abi,
         }
     )
     return 0

@@ -84,7 +84,9 @@ def convert_upload(
         options=options or ingest.IngestOptions(),
         limits=ingest_limits(settings),
         isolation=ingest_worker.Isolation(
-            timeout_s=d.ingest_timeout_s, address_bytes=d.ingest_address_space_bytes
+            timeout_s=d.ingest_timeout_s,
+            address_bytes=d.ingest_address_space_bytes,
+            sandbox=d.ingest_sandbox,
         ),
     )
     log.info(
@@ -92,6 +94,7 @@ def convert_upload(
         rows=converted.result.row_count,
         convert_s=round(time.perf_counter() - started, 3),
         convert_peak_rss_mib=round(converted.peak_rss / 2**20),
+        sandbox_abi=converted.sandbox_abi,
     )
     return converted.result
 
