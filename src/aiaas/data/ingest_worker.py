@@ -236,27 +236,9 @@ def _answer(reply: dict[str, Any]) -> None:
 
 def _sandbox(work_dir: Path) -> int:
     """Landlock: read the Python installation and system libraries, write ``work_dir``."""
-    import aiaas
     from aiaas.data import landlock
 
-    read_only = {
-        sys.prefix,
-        sys.base_prefix,
-        sys.exec_prefix,
-        os.path.dirname(aiaas.__file__),  # an editable install lives outside sys.prefix
-        "/usr",
-        "/lib",
-        "/lib64",
-        "/etc/ld.so.cache",
-        "/etc/localtime",
-        "/dev/urandom",
-        "/proc/self",  # this process only: never the API process's environment
-        "/proc/meminfo",
-        "/proc/cpuinfo",
-        "/sys/devices/system/cpu",
-        "/sys/fs/cgroup",
-    }
-    return landlock.restrict(sorted(read_only), [work_dir, "/dev/null"])
+    return landlock.restrict(landlock.runtime_paths(), [work_dir, "/dev/null"])
 
 
 def main() -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -108,6 +109,31 @@ def restrict(read_only: Iterable[str | Path], read_write: Iterable[str | Path]) 
     finally:
         os.close(ruleset)
     return abi
+
+
+def runtime_paths() -> list[str]:
+    """What a confined Python + DuckDB + pyarrow process must still read."""
+    import aiaas
+
+    return sorted(
+        {
+            sys.prefix,
+            sys.base_prefix,
+            sys.exec_prefix,
+            os.path.dirname(aiaas.__file__),  # an editable install lives outside sys.prefix
+            "/usr",
+            "/lib",
+            "/lib64",
+            "/etc/ld.so.cache",
+            "/etc/localtime",
+            "/dev/urandom",
+            "/proc/self",  # this process only: never the API process's environment
+            "/proc/meminfo",
+            "/proc/cpuinfo",
+            "/sys/devices/system/cpu",
+            "/sys/fs/cgroup",
+        }
+    )
 
 
 def _allow(

@@ -14,6 +14,7 @@ between organizations.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import signal
 import sys
@@ -55,6 +56,14 @@ def main() -> int:
     )
 
     views: dict[str, str] = request["views"]
+    from aiaas.data import landlock
+
+    try:  # no file but the caller's Parquet files and the Python installation, no TCP
+        files = [os.path.abspath(path) for path in views.values()]
+        landlock.restrict([*landlock.runtime_paths(), *files], ["/dev/null"])
+    except OSError as exc:  # pragma: no cover - a kernel that has Landlock but refuses it
+        _fail(f"sandbox setup failed: {exc}", "internal")
+        return 0
     try:
         con = connect(
             allowed_paths=sorted(set(views.values())),
