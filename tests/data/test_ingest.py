@@ -162,6 +162,8 @@ HOSTILE = {
     "json_not_records": (b"[1, 2, 3]", 422),
     "json_mixed_lines": (b'{"a": 1}\n[1]\n', 422),
     "json_case_duplicates": (b'{"id": 1, "ID": 2}\n', 422),
+    "json_empty_array": (b"[]\n", 422),
+    "json_empty_object": (b"{}", 422),
 }
 
 
@@ -180,6 +182,8 @@ def test_hostile_files_rejected_cleanly(client, tenants, upload, settings, case)
     assert "Try setting" not in body["detail"]  # no DuckDB options the caller cannot set
     if case.startswith("json_not") or case.startswith("json_mixed"):
         assert body["detail"].startswith("JSON input must be objects")
+    if case.startswith("json_empty"):
+        assert body["detail"] == "the file has no data rows"
     assert "/" not in body["detail"].replace("N/A", "") or "<" in body["detail"]
     assert client.get("/api/v1/datasets", headers=h).json()["items"] == []
     assert data_files(settings) == []

@@ -445,6 +445,8 @@ def _convert(
             f"read_json({qstr(str(src))}, format='auto', records=true, "
             f"maximum_object_size={int(limits.max_line_bytes)}, {_SAMPLED})"
         )
+        if size <= len(head) and head.strip(b"\xef\xbb\xbf \t\r\n") in (b"[]", b"{}"):
+            raise InvalidInput("the file has no data rows")
         seen = _json_keys(head, complete=size <= len(head))
         check_column_names(seen, limits)
         columns = _safe_describe(con, source_sql, replacements, "JSON")
