@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -21,6 +19,7 @@ from aiaas.auth.principal import Principal
 from aiaas.data import service as data_service
 from aiaas.data.models import Dataset, DatasetVersion
 from aiaas.data.schemas import (
+    DESCRIPTION_MAX,
     AppendRows,
     DatasetRead,
     DatasetUpdate,
@@ -51,7 +50,7 @@ _UPLOAD_DOC: dict[str, Any] = {
                     "properties": {
                         "file": {"type": "string", "format": "binary"},
                         "name": {"type": "string", "maxLength": 200},
-                        "description": {"type": "string", "maxLength": 2000},
+                        "description": {"type": "string", "maxLength": DESCRIPTION_MAX},
                         "format": {"type": "string", "enum": ["csv", "parquet", "jsonl"]},
                         "delimiter": {"type": "string", "maxLength": 2},
                         "quote": {"type": "string", "maxLength": 1},
@@ -66,32 +65,18 @@ _UPLOAD_DOC: dict[str, Any] = {
 }
 
 
-async def _receive(request: Request, settings: Any) -> tuple[Path, Upload]:
-    wd = settings.data_dir / "tmp" / "ingest" / uuid.uuid4().hex
-    wd.mkdir(parents=True, mode=0o700)
-    started = time.perf_counter()
+async def _with_upload(request: Request, settings: Any, use: Callable[[Upload], T]) -> T:
+    """Receive the multipart upload, hand it to ``use`` in a worker thread, always clean up."""
+    wd = data_service.new_work_dir(settings)
     try:
+        started = time.perf_counter()
         upload = await receive_upload(request, wd / "upload", settings.limits.max_upload_bytes)
         log.info(
             "upload_received", bytes=upload.size, receive_s=round(time.perf_counter() - started, 3)
         )
-    except BaseException:
-        await anyio.to_thread.run_sync(_rmtree, wd)
-        raise
-    return wd, upload
-
-
-def _rmtree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-
-
-async def _with_upload(request: Request, settings: Any, use: Callable[[Upload], T]) -> T:
-    """Receive the multipart upload, hand it to ``use`` in a worker thread, always clean up."""
-    wd, upload = await _receive(request, settings)
-    try:
         return await anyio.to_thread.run_sync(lambda: use(upload))
     finally:
-        await anyio.to_thread.run_sync(_rmtree, wd)
+        await anyio.to_thread.run_sync(data_service.remove_work_dir, wd)
 
 
 @datasets_router.post("", status_code=201, response_model=DatasetRead, openapi_extra=_UPLOAD_DOC)
@@ -110,8 +95,8 @@ async def create_dataset(
         except ValueError as exc:
             raise InvalidInput(f"invalid dataset name: {exc}") from None
         description = upload.fields.get("description") or None
-        if description is not None and len(description) > 2000:
-            raise InvalidInput("the description is longer than 2000 characters")
+        if description is not None and len(description) > DESCRIPTION_MAX:
+            raise InvalidInput(f"the description is longer than {DESCRIPTION_MAX} characters")
         return data_service.create_dataset(
             session,
             principal,

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from aiaas.data.recipes import Step
 
 _FORBIDDEN_NAME_CHARS = {"@", "/", "\\", '"', "\x00"}
+DESCRIPTION_MAX = 2000  # characters of a dataset description (the column is String(2000))
 
 
 def clean_name(value: str) -> str:
@@ -69,7 +70,7 @@ class DatasetUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(None, max_length=200)
-    description: str | None = Field(None, max_length=2000)
+    description: str | None = Field(None, max_length=DESCRIPTION_MAX)
 
     @field_validator("name")
     @classmethod
@@ -93,7 +94,7 @@ class ImportRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(max_length=200)
-    description: str | None = Field(None, max_length=2000)
+    description: str | None = Field(None, max_length=DESCRIPTION_MAX)
     url: str = Field(max_length=2000, description="postgresql://user:password@host:port/db")
     query: str = Field(min_length=1, max_length=100_000)
 

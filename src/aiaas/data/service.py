@@ -108,15 +108,29 @@ def profile_limits(settings: Settings) -> profile.ProfileLimits:
     )
 
 
+def _scratch_root(settings: Settings) -> Path:
+    return settings.data_dir / "tmp" / "ingest"
+
+
+def new_work_dir(settings: Settings) -> Path:
+    """A fresh private scratch directory; the caller removes it (:func:`remove_work_dir`)."""
+    path = _scratch_root(settings) / uuid.uuid4().hex
+    path.mkdir(parents=True, mode=0o700)
+    return path
+
+
+def remove_work_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @contextmanager
 def work_dir(settings: Settings) -> Iterator[Path]:
     """A private scratch directory, removed whatever happens."""
-    path = settings.data_dir / "tmp" / "ingest" / uuid.uuid4().hex
-    path.mkdir(parents=True, mode=0o700)
+    path = new_work_dir(settings)
     try:
         yield path
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        remove_work_dir(path)
 
 
 _SLOTS: dict[int, threading.BoundedSemaphore] = {}
@@ -155,7 +169,7 @@ def sweep_scratch(settings: Settings, *, older_than_s: float = 3600.0) -> int:
     Call once at startup (and periodically): a request that is still running keeps its
     directory fresh, so only directories untouched for ``older_than_s`` are removed.
     """
-    root = settings.data_dir / "tmp" / "ingest"
+    root = _scratch_root(settings)
     if not root.exists():
         return 0
     cutoff = time.time() - older_than_s
