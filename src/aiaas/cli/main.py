@@ -100,12 +100,11 @@ def serve(
             settings.auth.argon2_parallelism,
         )
         created = auth_service.bootstrap_if_empty(session, passwords)
-    from aiaas.data.service import sweep_orphans, sweep_scratch
-    from aiaas.storage import get_store
+        from aiaas.data.service import sweep_orphans, sweep_scratch
+        from aiaas.storage import get_store
 
-    sweep_scratch(settings)  # scratch left by uploads of a crashed earlier run
-    with _migrated_session(settings) as session:  # files a crash left without their rows
-        sweep_orphans(session, get_store(settings.resolved_artifacts_url))
+        sweep_scratch(settings)  # scratch left by uploads of a crashed earlier run
+        sweep_orphans(session, get_store(settings.resolved_artifacts_url))  # files without rows
     base = f"http://{host}:{port}"
     if created is not None:
         typer.echo(
