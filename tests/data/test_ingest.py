@@ -115,6 +115,16 @@ def test_value_after_the_type_sample_widens_the_type(client, tenants, upload, fm
     assert qty[-2:] == ["n/a", "2.5"]
 
 
+def test_latin1_bytes_after_the_sample_fall_back_to_latin1(client, tenants, upload):
+    h = tenants.a.headers("developer")
+    head = b"id,city\n" + b"".join(b"%d,Paris\n" % i for i in range(40_000))
+    assert len(head) > 256 * 1024  # past the bytes aiaas sniffs the encoding from
+    content = head + "40000,Zürich\n".encode("latin-1")
+    body = _ok(upload, h, content, name="late_latin1")
+    assert body["version"]["source"]["options"]["encoding"] == "latin-1"
+    assert _download(client, h, body["id"]).column("city").to_pylist()[-1] == "Zürich"
+
+
 def test_wide_table_and_hostile_column_names(client, tenants, upload):
     h = tenants.a.headers("developer")
     n = 600

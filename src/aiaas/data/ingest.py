@@ -478,27 +478,6 @@ def _convert(
             check_column_names([f"column{i}" for i in range(len(first))], limits)
             names = [f"column{i}" for i in range(len(first))]
         _check_ragged(text, delim, quote, len(first), complete=size <= len(head))
-        if options.encoding is None and encoding == "utf-8":
-            # Non-UTF-8 bytes after the sample: fall back to Latin-1 (always decodable).
-            try:
-                source_sql = _csv_source(
-                    src,
-                    delim=delim,
-                    quote=quote,
-                    escape=escape,
-                    header=header,
-                    encoding=encoding,
-                    names=names,
-                    limits=limits,
-                )
-                columns = _describe(con, source_sql)
-            except duckdb.Error as exc:
-                if "unicode" not in str(exc).lower():
-                    raise InvalidInput(
-                        "cannot parse CSV: " + clean_error(exc, replacements=replacements)
-                    ) from None
-                encoding = "latin-1"
-                detected["encoding"] = encoding
         source_sql = _csv_source(
             src,
             delim=delim,
@@ -509,8 +488,16 @@ def _convert(
             names=names,
             limits=limits,
         )
-        columns = _safe_describe(con, source_sql, replacements, "CSV")
-    label = {"csv": "CSV", "jsonl": "JSON", "parquet": "Parquet"}[fmt]
+        try:
+            columns = _safe_describe(con, source_sql, replacements, "CSV")
+        except InvalidInput as exc:
+            # Non-UTF-8 bytes after the sample: fall back to Latin-1 (always decodable).
+            if options.encoding or encoding != "utf-8" or "unicode" not in exc.detail.lower():
+                raise
+            source_sql = source_sql.replace("encoding='utf-8'", "encoding='latin-1'")
+            detected["encoding"] = "latin-1"
+            columns = _safe_describe(con, source_sql, replacements, "CSV")
+    label = _LABELS[fmt]
     attempts = 0
     while True:
         attempts += 1
@@ -561,9 +548,11 @@ def _is_type_error(message: str) -> bool:
     return any(marker in message for marker in markers)
 
 
+_LABELS = {"csv": "CSV", "jsonl": "JSON", "parquet": "Parquet"}
+
+
 def _parse_error(fmt: str, exc: BaseException, replacements: dict[str, str]) -> InvalidInput:
-    label = {"csv": "CSV", "jsonl": "JSON", "parquet": "Parquet"}.get(fmt, fmt)
-    return _explained(label, clean_error(exc, replacements=replacements))
+    return _explained(_LABELS.get(fmt, fmt), clean_error(exc, replacements=replacements))
 
 
 _NOT_RECORDS = "JSON input must be objects (records): one object per line, or one array of objects"
