@@ -9,9 +9,9 @@ bomb, or a kill can then only end that process: the caller gets a 4xx problem na
 happened, and the API process keeps its memory and stays up.
 
 Protocol: one JSON request on stdin; one JSON line on stdout — ``{"ok": true, "result":
-{...}, "peak_rss": bytes}`` or ``{"ok": false, "error": "<AiaasError class>", "message":
-"..."}``. Nothing else crosses: the parent rebuilds the result and maps the error class
-through an allow-list.
+{...}, "peak_rss": bytes, "sandbox_abi": n}`` or ``{"ok": false, "error": "<AiaasError
+class>", "message": "..."}``. The output file is always ``work_dir / OUTPUT_NAME``; no path
+crosses back. The parent rebuilds the result and maps the error class through an allow-list.
 """
 
 from __future__ import annotations
@@ -283,7 +283,6 @@ def main() -> int:
         {
             "ok": True,
             "result": {
-                "parquet_path": str(result.parquet_path),
                 "row_count": result.row_count,
                 "columns": result.columns,
                 "source_format": result.source_format,
