@@ -102,7 +102,7 @@ class DataSettings(BaseModel):
     ingest_preserve_order: bool = Field(
         True,
         description="Keep the uploaded row order in the stored Parquet. False lets DuckDB "
-        "write row groups in parallel order (~25% faster conversion, less memory).",
+        "write row groups in parallel order (~20% faster conversion, less memory).",
     )
     ingest_timeout_s: float = Field(
         3600.0,
