@@ -143,8 +143,8 @@ R = TypeVar("R")
 def heavy(fn: Callable[P, R]) -> Callable[P, R]:
     """Run ``fn`` in one of ``max_concurrent_ingests`` slots (bounds DuckDB memory in total).
 
-    Conversion, profiling and recipes each hold a DuckDB connection with its own memory
-    limit; without a cap, N parallel uploads would use N times that.
+    Conversion (in its ingest process), profiling and recipes each hold a DuckDB connection
+    with its own memory limit; without a cap, N parallel uploads would use N times that.
     """
 
     @functools.wraps(fn)
