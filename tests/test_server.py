@@ -24,6 +24,7 @@ def _start(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
         **os.environ,
         "AIAAS_DATA_DIR": str(data_dir),
         "AIAAS_LIMITS__MAX_UPLOAD_BYTES": str(2 * 1024 * 1024),
+        "AIAAS_LIMITS__MAX_BODY_BYTES": str(1024 * 1024),
         "AIAAS_AUTH__ARGON2_MEMORY_KIB": "1024",
     }
     env.pop("AIAAS_DATABASE_URL", None)
@@ -98,13 +99,23 @@ def test_serve_bootstrap_login_me_metrics_and_limits(tmp_path):
             headers={"Authorization": f"Bearer {key}", "Content-Type": "application/octet-stream"},
         )
         assert response.status_code in (405, 413)  # /me has no POST: refused either way
-        big = httpx.post(
+        # The route decides the limit, not the declared type: a JSON route refuses an
+        # octet-stream body unread (415), and a streamed JSON body past the JSON limit is 413.
+        wrong_type = httpx.post(
             f"{base}/api/v1/api-keys",
             content=chunks(),
             headers={**auth, "Content-Type": "application/octet-stream"},
         )
+        assert wrong_type.status_code == 415
+        assert wrong_type.headers["content-type"] == "application/problem+json"
+        big = httpx.post(
+            f"{base}/api/v1/api-keys",
+            content=chunks(),
+            headers={**auth, "Content-Type": "application/json"},
+        )
         assert big.status_code == 413
         assert big.headers["content-type"] == "application/problem+json"
+        assert big.json()["detail"] == "request body exceeds the limit of 1048576 bytes"
         assert sorted(p.name for p in data_dir.rglob("*")) == spool_before
         assert key not in log.read_text()
         assert log.read_text().count(password) == 1  # printed once, never logged

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -31,8 +31,29 @@ class Limits(BaseModel):
         ge=1024,
         description="Largest multipart/octet-stream upload accepted (413 above it).",
     )
+    max_public_body_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description="Largest body of a route reachable without credentials (the login form).",
+    )
     max_string_length: int = Field(
         1000, ge=16, description="Longest name/description string accepted in JSON bodies."
+    )
+    max_header_bytes: int = Field(
+        64 * 1024,
+        ge=4096,
+        description="Largest request line plus headers `aiaas serve` reads (431 above it).",
+    )
+    header_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        description="Time a client has to send the request line and headers (then 408 and "
+        "the connection is closed).",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest pause between two pieces of a request body (then 408).",
     )
 
 
@@ -96,8 +117,37 @@ class DataSettings(BaseModel):
         description="Uploads, appends, imports and transforms converted at once per process "
         "(each holds up to duckdb_memory_limit); others wait.",
     )
+    max_concurrent_ingests_per_org: int | None = Field(
+        None,
+        ge=1,
+        description="Of those slots, how many one organization may hold at once (unset: "
+        "max_concurrent_ingests - 1, at least 1; at most max_concurrent_ingests). Waiting "
+        "requests are admitted round-robin across organizations, so one tenant's large "
+        "uploads never queue another tenant's small one.",
+    )
     ingest_queue_timeout_s: float = Field(
         300.0, gt=0, description="How long a request waits for a free ingest slot (then 429)."
+    )
+    max_storage_bytes_per_org: int = Field(
+        100 * 1024 * MiB,
+        ge=0,
+        description="Bytes of stored versions (their Parquet files) one organization may keep; "
+        "a new version beyond it is refused (429 quota_exceeded, nothing stored). "
+        "0: unlimited.",
+    )
+    sweep_interval_s: float = Field(
+        300.0,
+        ge=0,
+        description="How often `aiaas serve` removes crash leftovers (scratch directories of "
+        "dead processes at once; stored files without a version row after orphan_min_age_s). "
+        "0: only at startup.",
+    )
+    orphan_min_age_s: float = Field(
+        3600.0,
+        ge=0,
+        description="Age after which stored files without a version row, the store's temporary "
+        "files and unlocked scratch leftovers are removed (another replica may be writing "
+        "younger ones).",
     )
     ingest_preserve_order: bool = Field(
         True,
@@ -151,6 +201,22 @@ class DataSettings(BaseModel):
     import_statement_timeout_s: int = Field(
         300, ge=1, description="Statement timeout of an SQL import on the remote database."
     )
+
+    @model_validator(mode="after")
+    def _per_org_slots(self) -> DataSettings:
+        per_org = self.max_concurrent_ingests_per_org
+        if per_org is not None and per_org > self.max_concurrent_ingests:
+            raise ValueError(
+                f"max_concurrent_ingests_per_org ({per_org}) must not exceed "
+                f"max_concurrent_ingests ({self.max_concurrent_ingests})"
+            )
+        return self
+
+    @property
+    def ingest_slots_per_org(self) -> int:
+        """The per-organization share of the ingest slots (see max_concurrent_ingests_per_org)."""
+        total = self.max_concurrent_ingests
+        return min(total, self.max_concurrent_ingests_per_org or max(1, total - 1))
 
 
 class Settings(BaseSettings):

@@ -6,13 +6,15 @@ from typing import Any
 
 import structlog
 from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.types import Scope
 
 import aiaas
 from aiaas.api.errors import install_error_handlers
 from aiaas.api.health import router as health_router
 from aiaas.api.middleware import PlatformMiddleware
 from aiaas.api.routers import ROUTERS
-from aiaas.api.routes import route_templates
+from aiaas.api.routes import route_policies, route_templates
 from aiaas.auth.cache import ApiKeyCache, LoginThrottle
 from aiaas.auth.passwords import Passwords
 from aiaas.db import get_session_factory
@@ -37,13 +39,24 @@ PUBLIC_ROUTES: frozenset[str] = frozenset(
 )
 
 
+def private_data_dir(settings: Settings) -> None:
+    """Create the data dir readable by its owner only (its database, keys and datasets).
+
+    An existing dir is tightened too: a mode-0700 directory hides every file below it,
+    whatever the files' own modes (``aiaas serve`` also sets umask 077 for new files).
+    """
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if settings.data_dir.stat().st_mode & 0o077:
+        settings.data_dir.chmod(0o700)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the ASGI app for ``settings`` (migrations are applied by the caller)."""
     settings = settings or get_settings()
     if not structlog.is_configured():
         # Never the library default: its tracebacks print local variables (secrets).
         configure_logging(fmt=settings.log_format, level=settings.log_level)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_data_dir(settings)
     app = FastAPI(
         title="aiaas",
         version=aiaas.__version__,
@@ -70,10 +83,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health_router)
     for router in ROUTERS:
         app.include_router(router, prefix=API_PREFIX)
+    limits = settings.limits
+
+    async def authenticate(scope: Scope) -> None:
+        # The same dependency the route runs; it keeps the principal in the request state.
+        from aiaas.api.deps import get_principal
+
+        await get_principal(Request(scope))
+
     app.add_middleware(
         PlatformMiddleware,
-        max_body_bytes=settings.limits.max_body_bytes,
-        max_upload_bytes=settings.limits.max_upload_bytes,
+        max_body_bytes=limits.max_body_bytes,
+        max_public_body_bytes=limits.max_public_body_bytes,
+        body_timeout_s=limits.body_timeout_s,
+        policies=lambda: route_policies(
+            app,
+            public=PUBLIC_ROUTES,
+            max_body=limits.max_body_bytes,
+            max_upload=limits.max_upload_bytes,
+        ),
+        authenticate=authenticate,
         metrics=state.metrics,
         session_factory=lambda: state.session_factory,
         templates=route_templates(app),

@@ -1,14 +1,25 @@
-"""The platform middleware: request id, body-size limit, metrics, access log and audit.
+"""The platform middleware: request id, edge limits, security headers, metrics, log, audit.
 
-One pure-ASGI layer (no per-request task or stream wrapping) so the hot path pays little:
+One pure-ASGI layer (no per-request task or stream wrapping) so the hot path pays little.
+Everything a route must not see is refused here, before the route reads a byte:
 
 - ``X-Request-ID``: taken from the client when it is short and plain, else generated;
   returned on every response and bound into the log context.
-- Body limit: ``Content-Length`` above the limit is refused before the app runs; bodies
-  without one are counted as they stream and cut off with 413 when they cross the limit.
-  Multipart and octet-stream bodies (uploads) have their own, larger limit.
+- The matched route decides the body's rules (``RoutePolicy``), never the request's own
+  ``Content-Type``: the large upload limit applies only to the upload routes, every other
+  route gets the JSON limit (public routes a smaller one), and a body of a media type the
+  route does not declare in OpenAPI is a 415. ``Content-Length`` above the limit is refused
+  before the app runs; bodies without one are counted as they stream and cut off with 413.
+- Credentials before bodies: on a route that needs credentials, a request with a body is
+  authenticated here first, so an unauthenticated client never makes the server read, parse
+  or spool its body (FastAPI itself reads a JSON body before it runs the dependencies).
+- A body that stops arriving for ``body_timeout_s`` is a 408 (slow-body clients do not hold
+  a worker); slow headers are the server protocol's job (``aiaas.api.server``).
+- Security headers on every response; ``Cache-Control: no-store`` on API responses.
 - Metrics by route template, method and status; one access-log line per request.
-- Audit: every state-changing request, and every denied one, leaves an audit event.
+- Audit: every state-changing request, and every denied one, leaves an audit event — except
+  an anonymous 401 that no service attributed (a bad or missing credential): those are
+  counted and logged, so an unauthenticated flood cannot grow the audit table.
 """
 
 from __future__ import annotations
@@ -16,29 +27,54 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aiaas.api.problems import problem_body
+from aiaas.api.routes import RoutePolicy
 from aiaas.auth import audit
+from aiaas.errors import AiaasError, TooManyRequests
 from aiaas.monitoring.metrics import HttpMetrics
 
 log = structlog.get_logger("aiaas.http")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_UPLOAD_TYPES = (b"multipart/form-data", b"application/octet-stream")
+#: Pages that load Swagger UI / ReDoc from their CDN: no CSP of ours there.
+_HTML_PAGES = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
+_SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+]
+_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
+_NO_STORE = (b"cache-control", b"no-store")
+
+#: ``authenticate(scope)`` raises :class:`aiaas.errors.Unauthorized` for a bad credential.
+Authenticate = Callable[[Scope], Awaitable[None]]
 
 
 class BodyTooLarge(HTTPException):
     def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body exceeds the limit of {limit} bytes")
+        # The rest of the body is never read: the connection cannot be reused.
+        super().__init__(
+            413, f"request body exceeds the limit of {limit} bytes", {"Connection": "close"}
+        )
+
+
+class BodyTimeout(HTTPException):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            408, f"no request body data arrived for {seconds:g} s", {"Connection": "close"}
+        )
 
 
 def route_template(scope: Scope, templates: dict[int, str]) -> str:
@@ -52,23 +88,47 @@ def route_template(scope: Scope, templates: dict[int, str]) -> str:
     return path if isinstance(path, str) else "<unmatched>"
 
 
+def _has_body(headers: dict[bytes, bytes]) -> bool:
+    declared = headers.get(b"content-length")
+    if declared is not None:
+        return declared != b"0"
+    return b"transfer-encoding" in headers
+
+
 class PlatformMiddleware:
     def __init__(
         self,
         app: ASGIApp,
         *,
         max_body_bytes: int,
-        max_upload_bytes: int,
+        max_public_body_bytes: int,
+        body_timeout_s: float,
+        policies: Callable[[], list[tuple[Any, RoutePolicy]]],
+        authenticate: Authenticate,
         metrics: HttpMetrics,
         session_factory: Callable[[], sessionmaker[Session]],
         templates: dict[int, str],
     ) -> None:
         self.app = app
         self.max_body = max_body_bytes
-        self.max_upload = max_upload_bytes
+        self.max_public_body = max_public_body_bytes
+        self.body_timeout = body_timeout_s
+        self._policies_factory = policies
+        self._policies: list[tuple[Any, RoutePolicy]] | None = None
+        self.authenticate = authenticate
         self.metrics = metrics
         self.session_factory = session_factory
         self.templates = templates
+
+    def policy(self, scope: Scope) -> RoutePolicy | None:
+        """The policy of the route that will serve ``scope`` (None: no route matches fully)."""
+        if self._policies is None:
+            self._policies = self._policies_factory()
+        for matcher, policy in self._policies:
+            match, _ = matcher.matches(scope)
+            if match is Match.FULL:
+                return policy
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -84,54 +144,115 @@ class PlatformMiddleware:
         ctx, token = audit.begin()
         status = 500
         response_started = False
-
-        content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        limit = self.max_upload if content_type in _UPLOAD_TYPES else self.max_body
         rid_header = (b"x-request-id", request_id.encode())
+        extra_headers = [rid_header, *_SECURITY_HEADERS]
+        path: str = scope["path"]
+        if path not in _HTML_PAGES:
+            extra_headers.append(_CSP)
+        api = path.startswith("/api/")
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
-                message["headers"] = [*message.get("headers", []), rid_header]
+                sent = list(message.get("headers", []))
+                if api and not any(name.lower() == b"cache-control" for name, _ in sent):
+                    sent.append(_NO_STORE)
+                message["headers"] = [*sent, *extra_headers]
             await send(message)
 
+        async def refuse(code: int, title: str, error_code: str, detail: str) -> None:
+            nonlocal status
+            status = code
+            await self._send_problem(
+                send, code, title, error_code, detail, request_id, extra_headers
+            )
+
         try:
-            if "\x00" in scope["path"] or b"%00" in scope.get("query_string", b""):
+            if "\x00" in path or b"%00" in scope.get("query_string", b""):
                 # NUL cannot be stored or compared in PostgreSQL text: refuse it at the edge.
-                status = 400
-                await self._send_problem(send, 400, request_id, limit, rid_header, "NUL in URL")
+                await refuse(400, "Bad request", "bad_request", "NUL in URL")
                 return
+            policy = self.policy(scope)
+            if policy is None:
+                limit = self.max_body
+            elif policy.public and policy.content_types:
+                limit = min(policy.max_body, self.max_public_body)
+            else:
+                limit = policy.max_body
             declared = headers.get(b"content-length")
-            if declared is not None and (not declared.isdigit() or int(declared) > limit):
-                status = 413 if declared.isdigit() else 400
-                await self._send_problem(
-                    send, status, request_id, limit, rid_header, "invalid Content-Length"
+            if declared is not None and not declared.isdigit():
+                await refuse(400, "Bad request", "bad_request", "invalid Content-Length")
+                return
+            if declared is not None and int(declared) > limit:
+                await refuse(
+                    413,
+                    "Payload too large",
+                    "payload_too_large",
+                    f"request body exceeds the limit of {limit} bytes",
                 )
                 return
+            if policy is not None and policy.content_types and _has_body(headers):
+                content_type = headers.get(b"content-type", b"").decode("latin-1")
+                content_type = content_type.split(";")[0].strip().lower()
+                if not policy.accepts(content_type):
+                    await refuse(
+                        415,
+                        "Unsupported media type",
+                        "unsupported_media_type",
+                        f"this route takes {' or '.join(sorted(policy.content_types))}, "
+                        f"not {content_type or 'a body without Content-Type'}",
+                    )
+                    return
+                if not policy.public:
+                    try:
+                        await self.authenticate(scope)
+                    except AiaasError as exc:
+                        await self._send_error(send, exc, request_id, extra_headers)
+                        status = exc.status
+                        return
             received = 0
+            body_done = False
 
             async def receive_wrapper() -> Message:
-                nonlocal received
-                message = await receive()
+                nonlocal received, body_done
+                if body_done:
+                    return await receive()
+                try:
+                    with anyio.fail_after(self.body_timeout):
+                        message = await receive()
+                except TimeoutError:
+                    raise BodyTimeout(self.body_timeout) from None
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
                     if received > limit:
                         raise BodyTooLarge(limit)
+                    body_done = not message.get("more_body", False)
                 return message
 
             try:
                 await self.app(scope, receive_wrapper, send_wrapper)
             except BodyTooLarge:
                 if not response_started:
-                    status = 413
-                    await self._send_problem(send, 413, request_id, limit, rid_header)
-            except Exception:
-                log.exception("unhandled_error", path=scope.get("path"))
+                    await refuse(
+                        413,
+                        "Payload too large",
+                        "payload_too_large",
+                        f"request body exceeds the limit of {limit} bytes",
+                    )
+            except BodyTimeout as exc:
                 if not response_started:
-                    status = 500
-                    await self._send_problem(send, 500, request_id, limit, rid_header)
+                    await refuse(408, "Request timeout", "request_timeout", exc.detail)
+            except Exception:
+                log.exception("unhandled_error", path=path)
+                if not response_started:
+                    await refuse(
+                        500,
+                        "Internal error",
+                        "internal",
+                        "an unexpected error occurred; quote the request id when reporting it",
+                    )
                 else:
                     raise
         finally:
@@ -146,44 +267,35 @@ class PlatformMiddleware:
                 duration_ms=round(elapsed * 1000, 2),
                 org_id=ctx.org_id,
             )
-            if method in _MUTATING or status in (401, 403):
+            anonymous_401 = status == 401 and ctx.org_id is None and ctx.resource_type is None
+            if (method in _MUTATING or status in (401, 403)) and not anonymous_401:
                 await self._audit(scope, ctx, method, template, status, request_id)
             audit.end(token)
             structlog.contextvars.unbind_contextvars("request_id")
+
+    async def _send_error(
+        self, send: Send, exc: AiaasError, request_id: str, extra: list[tuple[bytes, bytes]]
+    ) -> None:
+        headers = list(extra)
+        if exc.status == 401:
+            headers.append((b"www-authenticate", b"Bearer"))
+        if isinstance(exc, TooManyRequests) and exc.retry_after:
+            headers.append((b"retry-after", str(exc.retry_after).encode()))
+        await self._send_problem(
+            send, exc.status, exc.title, exc.code, exc.detail, request_id, headers
+        )
 
     async def _send_problem(
         self,
         send: Send,
         status: int,
+        title: str,
+        code: str,
+        detail: str,
         request_id: str,
-        limit: int,
-        rid_header: tuple[bytes, bytes],
-        detail: str = "",
+        extra: list[tuple[bytes, bytes]],
     ) -> None:
-        if status == 413:
-            body = problem_body(
-                413,
-                "Payload too large",
-                f"request body exceeds the limit of {limit} bytes",
-                code="payload_too_large",
-                request_id=request_id,
-            )
-        elif status == 400:
-            body = problem_body(
-                400,
-                "Bad request",
-                "invalid Content-Length",
-                code="bad_request",
-                request_id=request_id,
-            )
-        else:
-            body = problem_body(
-                500,
-                "Internal error",
-                "an unexpected error occurred; quote the request id when reporting it",
-                code="internal",
-                request_id=request_id,
-            )
+        body = problem_body(status, title, detail, code=code, request_id=request_id)
         await send(
             {
                 "type": "http.response.start",
@@ -192,7 +304,8 @@ class PlatformMiddleware:
                     (b"content-type", b"application/problem+json"),
                     (b"content-length", str(len(body)).encode()),
                     (b"connection", b"close"),
-                    rid_header,
+                    _NO_STORE,
+                    *extra,
                 ],
             }
         )

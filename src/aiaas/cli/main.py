@@ -87,6 +87,7 @@ def serve(
     from aiaas.auth.passwords import Passwords
     from aiaas.logging import configure_logging
 
+    os.umask(0o077)  # the database, datasets and keys it writes are the service user's only
     settings = _settings(data_dir)
     if data_dir:
         os.environ["AIAAS_DATA_DIR"] = str(settings.data_dir)  # for worker processes
@@ -128,6 +129,7 @@ def serve(
         log_config=None,
         access_log=False,
         proxy_headers=False,
+        http="aiaas.api.server:GuardedHttpToolsProtocol",  # header size and time limits
     )
 
 
