@@ -150,7 +150,7 @@ def make_tenant(settings: Settings, slug: str) -> Tenant:
             row, key = auth_service.issue_api_key(session, org, role=Role(role), name=f"{role} key")
             tenant.keys[role], tenant.key_ids[role] = key, row.id
             email = f"{role}@{slug}.example"
-            user = auth_service.create_user(session, passwords, email, PASSWORD, min_length=12)
+            user = auth_service.create_user(session, passwords, org, email, PASSWORD, min_length=12)
             auth_service.add_membership(session, org, user, Role(role))
             tenant.users[role], tenant.emails[role] = user.id, email
     return tenant

@@ -15,6 +15,7 @@ from aiaas.api.app import PUBLIC_ROUTES, create_app
 from aiaas.api.routes import route_policies
 from aiaas.auth.models import AuditEvent
 from aiaas.db import get_session_factory
+from tests.conftest import PASSWORD
 from tests.helpers import assert_problem
 
 UPLOAD_TYPES = ("multipart/form-data; boundary=xyz", "application/octet-stream")
@@ -201,3 +202,28 @@ def test_data_dir_is_private(tmp_path, settings):
 def test_nul_in_url_names_the_problem(client):
     body = assert_problem(client.get("/api/v1/me?x=%00"), 400, "bad_request")
     assert body["detail"] == "NUL in URL"
+
+
+def test_a_body_route_resolves_the_credential_once(client, tenants, monkeypatch):
+    from aiaas.auth import service as auth_service
+
+    login = client.post(
+        "/api/v1/auth/token",
+        data={"username": tenants.a.emails["admin"], "password": PASSWORD},
+    )
+    token = login.json()["access_token"]
+    calls = []
+    real = auth_service.resolve_access_token
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(auth_service, "resolve_access_token", counting)
+    response = client.post(
+        "/api/v1/api-keys",
+        json={"name": "once", "role": "viewer"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert response.status_code == 201, response.text
+    assert len(calls) == 1  # the middleware's pre-authentication is reused by the route

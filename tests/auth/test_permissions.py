@@ -22,6 +22,7 @@ MANAGEMENT_ROUTES = [
     ("POST", "/api/v1/api-keys", Action.APIKEY_MANAGE),
     ("GET", "/api/v1/api-keys/{key}", Action.APIKEY_READ),
     ("DELETE", "/api/v1/api-keys/{key}", Action.APIKEY_MANAGE),
+    ("POST", "/api/v1/api-keys/{key}/transfer", Action.APIKEY_MANAGE),
     ("GET", "/api/v1/audit-events", Action.AUDIT_READ),
 ]
 
@@ -59,6 +60,8 @@ def _body(method, path, tenants, role):
         return {"name": f"made by {role}", "role": "viewer"}
     if method == "PATCH":
         return {"role": "developer"}
+    if path.endswith("/transfer"):
+        return {"owner_user_id": tenants.a.users["viewer"]}
     return None
 
 

@@ -108,3 +108,50 @@ def test_create_api_key_prints_only_the_key(tmp_path):
     assert len(key) > 40
     assert key not in done.stderr
     assert "created API key" in done.stderr
+
+
+def test_one_email_in_two_organizations_is_two_accounts(data_dir):
+    for slug in ("acme", "umbrella"):
+        assert invoke("admin", "create-org", slug, data_dir=data_dir).exit_code == 0
+    for slug in ("acme", "umbrella"):
+        made = invoke(
+            "admin",
+            "create-user",
+            "ann@acme.io",
+            "--org",
+            slug,
+            "--role",
+            "viewer",
+            data_dir=data_dir,
+        )
+        assert made.exit_code == 0, made.output
+        assert f"in {slug}" in made.stderr
+    again = invoke(
+        "admin",
+        "create-user",
+        "Ann@Acme.io",
+        "--org",
+        "acme",
+        "--role",
+        "admin",
+        data_dir=data_dir,
+    )
+    assert again.exit_code == 2
+    assert "already exists in this organization" in again.stderr
+
+
+def test_cli_api_keys_belong_to_the_organization(data_dir):
+    from sqlalchemy import select
+
+    from aiaas.auth.models import ApiKey
+    from aiaas.db import get_session_factory
+    from aiaas.settings import Settings
+
+    assert invoke("admin", "create-org", "acme", data_dir=data_dir).exit_code == 0
+    made = invoke("admin", "create-api-key", "--org", "acme", "--role", "admin", data_dir=data_dir)
+    assert made.exit_code == 0, made.output
+    assert "organization-owned" in made.stderr
+    url = Settings(data_dir=data_dir, _env_file=None).resolved_database_url
+    with get_session_factory(url)() as session:
+        row = session.scalar(select(ApiKey))
+    assert (row.role, row.owner_user_id, row.created_by) == ("admin", None, None)

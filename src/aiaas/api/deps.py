@@ -34,13 +34,24 @@ def get_settings_dep(request: Request) -> Settings:
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    """One unit of work per request: committed when the route returns, rolled back on error."""
+    """One unit of work per request: committed when the route returns, rolled back on error.
+
+    A service that must leave a trace of a failure (revoking a reused refresh token's
+    family) sets ``session.info[auth_service.COMMIT_ON_ERROR]``: the work is then committed
+    before the error is answered.
+    """
     session: Session = request.app.state.session_factory()
     try:
         yield session
         session.commit()
     except BaseException:
-        session.rollback()
+        if session.info.pop(auth_service.COMMIT_ON_ERROR, False):
+            try:
+                session.commit()
+            except Exception:
+                session.rollback()
+        else:
+            session.rollback()
         raise
     finally:
         session.close()
@@ -75,20 +86,29 @@ def _bearer(request: Request) -> str:
 
 def _lookup(request: Request, token: str) -> Principal | None:
     state = request.app.state
+    cache: ApiKeyCache = state.api_key_cache
+    generation = cache.generation()  # taken before reading: a concurrent invalidation wins
     with state.session_factory() as session, session.begin():
         if auth_service.looks_like_api_key(token):
             found = auth_service.resolve_api_key(session, token)
             if found is None:
                 return None
             principal, expires_at = found
-            cache: ApiKeyCache = state.api_key_cache
-            cache.put(sha256_hex(token), principal, expires_at)
-            return principal
-        return auth_service.resolve_access_token(session, state.secret_key, token)
+        else:
+            return auth_service.resolve_access_token(session, state.secret_key, token)
+    cache.put(sha256_hex(token), principal, expires_at, generation=generation)
+    return principal
 
 
 async def get_principal(request: Request) -> Principal:
-    """Authenticate the bearer credential. Every failure is the same 401."""
+    """Authenticate the bearer credential. Every failure is the same 401.
+
+    The platform middleware authenticates a request with a body before the body is read and
+    keeps the principal in the request state; the route's dependency then reuses it.
+    """
+    already: Principal | None = getattr(request.state, "principal", None)
+    if already is not None:
+        return already
     token = _bearer(request)
     principal: Principal | None = None
     if auth_service.looks_like_api_key(token):

@@ -1,4 +1,10 @@
-"""ORM models of identity and tenancy. Secrets are stored only as hashes."""
+"""ORM models of identity and tenancy. Secrets are stored only as hashes.
+
+An account (``User``) belongs to one organization: the same e-mail in two organizations is
+two accounts, so nothing one organization creates reserves or reveals an address in another.
+An API key's ``owner_user_id`` names the member it acts for (never above that member's
+current role, never after they leave); a key without owner belongs to the organization.
+"""
 
 from __future__ import annotations
 
@@ -22,9 +28,12 @@ class Organization(Base):
 
 class User(Base):
     __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("org_id", "email", name="uq_users_org_email"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("usr"))
-    email: Mapped[str] = mapped_column(String(320), unique=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    # Indexed alone too: a login without an organization scope looks the address up.
+    email: Mapped[str] = mapped_column(String(320), index=True)
     password_hash: Mapped[str | None] = mapped_column(String(255))
     is_active: Mapped[bool] = mapped_column(default=True)
     # Bumped on password or role change and removal: older JWTs stop working.
@@ -57,10 +66,24 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(20))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_by: Mapped[str | None] = mapped_column(String(40))
+    # The member the key acts for; None: the organization's (a service key). No foreign key:
+    # a removed member's account is deleted, their keys stay (revoked) for the record.
+    owner_user_id: Mapped[str | None] = mapped_column(String(40), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    owner: Mapped[User | None] = relationship(
+        primaryjoin="and_(User.id == foreign(ApiKey.owner_user_id), "
+        "User.org_id == foreign(ApiKey.org_id))",
+        viewonly=True,
+        lazy="joined",
+    )
+
+    @property
+    def owner_email(self) -> str | None:
+        return self.owner.email if self.owner is not None else None
 
 
 class RefreshToken(Base):
@@ -70,6 +93,9 @@ class RefreshToken(Base):
     org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # Every token rotated from one login shares its family; reuse of a rotated token
+    # revokes the whole family.
+    family_id: Mapped[str] = mapped_column(String(40), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -15,6 +15,9 @@ class Principal:
     role: Role
     actor_type: Literal["user", "api_key", "system"]
     actor_id: str
+    #: The member the credential acts for: the user, or an API key's owner. None for
+    #: organization-owned (service) keys and the system.
+    user_id: str | None = None
 
     def can(self, action: Action) -> bool:
         return allowed(self.role, action)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Form, Query, Request, Response, status
 from pydantic import AwareDatetime
 
 from aiaas.api.deps import PageDep, PasswordsDep, SessionDep, SettingsDep, require
-from aiaas.auth import audit
+from aiaas.api.strict_json import StrictJSONRoute
 from aiaas.auth import service as auth_service
 from aiaas.auth.models import Membership, Organization
 from aiaas.auth.permissions import Action
@@ -17,6 +17,7 @@ from aiaas.auth.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyRead,
+    ApiKeyTransfer,
     AuditEventRead,
     MemberCreate,
     MemberRead,
@@ -26,9 +27,9 @@ from aiaas.auth.schemas import (
     TokenResponse,
 )
 from aiaas.db.pagination import Page
-from aiaas.errors import BadRequest, TooManyRequests
+from aiaas.errors import BadRequest
 
-router = APIRouter(tags=["identity"])
+router = APIRouter(tags=["identity"], route_class=StrictJSONRoute)
 
 
 def _member(m: Membership) -> MemberRead:
@@ -38,6 +39,7 @@ def _member(m: Membership) -> MemberRead:
 @router.post("/auth/token", response_model=TokenResponse)
 def issue_token(
     request: Request,
+    response: Response,
     session: SessionDep,
     settings: SettingsDep,
     passwords: PasswordsDep,
@@ -48,6 +50,9 @@ def issue_token(
     scope: Annotated[str | None, Form(max_length=200, description="org:<slug> to pick one")] = "",
 ) -> TokenResponse:
     """OAuth2 token endpoint: the password grant, or a refresh_token grant (rotating)."""
+    # RFC 6749 §5.1: responses carrying tokens must not be stored by any cache.
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
     ttl = settings.auth
     key = request.app.state.secret_key
     if grant_type == "refresh_token":
@@ -63,31 +68,18 @@ def issue_token(
     elif grant_type == "password":
         if not username or password is None:
             raise BadRequest("username and password are required for grant_type=password")
-        throttle = request.app.state.login_throttle
-        client = request.client.host if request.client else "unknown"
-        keys = (f"user:{username.strip().lower()}", f"ip:{client}")
-        audit.set_resource("session", None, email=username.strip().lower()[:320])
-        if (wait := throttle.retry_after(*keys)) is not None:
-            raise TooManyRequests("too many failed logins; try again later", retry_after=wait)
-        org_slug = None
-        for part in (scope or "").split():
-            if part.startswith("org:"):
-                org_slug = part.removeprefix("org:")
-        try:
-            tokens = auth_service.login(
-                session,
-                passwords,
-                key,
-                email=username,
-                password=password,
-                org_slug=org_slug,
-                access_ttl=ttl.access_token_ttl_s,
-                refresh_ttl=ttl.refresh_token_ttl_s,
-            )
-        except Exception:
-            throttle.fail(*keys)
-            raise
-        throttle.reset(keys[0])
+        tokens = auth_service.password_login(
+            session,
+            passwords,
+            request.app.state.login_throttle,
+            key,
+            username=username,
+            password=password,
+            scope=scope,
+            client_address=request.client.host if request.client else None,
+            access_ttl=ttl.access_token_ttl_s,
+            refresh_ttl=ttl.refresh_token_ttl_s,
+        )
     else:
         raise BadRequest("grant_type must be 'password' or 'refresh_token'")
     return TokenResponse(
@@ -113,7 +105,7 @@ def read_me(session: SessionDep, principal: Principal = require(Action.ME_READ))
         member = auth_service.get_member(session, principal, principal.actor_id)
         me.email = member.user.email
     elif principal.actor_type == "api_key":
-        me.api_key_name = auth_service.get_api_key(session, principal, principal.actor_id).name
+        me.api_key_name = auth_service.get_current_api_key(session, principal).name
     return me
 
 
@@ -154,19 +146,24 @@ def create_member(
 def update_member(
     user_id: str,
     body: MemberUpdate,
+    request: Request,
     session: SessionDep,
     principal: Principal = require(Action.MEMBER_MANAGE),
 ) -> MemberRead:
-    """Change a member's role (their open sessions end)."""
-    return _member(auth_service.update_member(session, principal, user_id, body.role))
+    """Change a member's role (their open sessions end; their keys act at most at it)."""
+    cache = request.app.state.api_key_cache
+    return _member(auth_service.update_member(session, principal, user_id, body.role, cache))
 
 
 @router.delete("/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
 def remove_member(
-    user_id: str, session: SessionDep, principal: Principal = require(Action.MEMBER_MANAGE)
+    user_id: str,
+    request: Request,
+    session: SessionDep,
+    principal: Principal = require(Action.MEMBER_MANAGE),
 ) -> Response:
-    """Remove a member from the organization (their open sessions end)."""
-    auth_service.remove_member(session, principal, user_id)
+    """Remove a member and their account here: their sessions end, their keys are revoked."""
+    auth_service.remove_member(session, principal, user_id, request.app.state.api_key_cache)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -175,7 +172,7 @@ def remove_member(
 def list_api_keys(
     session: SessionDep, page: PageDep, principal: Principal = require(Action.APIKEY_READ)
 ) -> Page[ApiKeyRead]:
-    """API keys of the organization (never the secrets), newest first."""
+    """API keys you may manage (never the secrets), with their owners, newest first."""
     result = auth_service.list_api_keys(session, principal, page)
     return Page[ApiKeyRead](
         items=[ApiKeyRead.model_validate(k) for k in result.items], next_cursor=result.next_cursor
@@ -211,6 +208,21 @@ def revoke_api_key(
     """Revoke an API key. It stops working at once here, within the cache TTL elsewhere."""
     auth_service.revoke_api_key(session, principal, key_id, request.app.state.api_key_cache)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/api-keys/{key_id}/transfer", response_model=ApiKeyRead)
+def transfer_api_key(
+    key_id: str,
+    body: ApiKeyTransfer,
+    request: Request,
+    session: SessionDep,
+    principal: Principal = require(Action.APIKEY_MANAGE),
+) -> ApiKeyRead:
+    """Give an API key to another member, or to the organization (owner_user_id null)."""
+    row = auth_service.transfer_api_key(
+        session, principal, key_id, body.owner_user_id, request.app.state.api_key_cache
+    )
+    return ApiKeyRead.model_validate(row)
 
 
 # -- audit ----------------------------------------------------------------------------------

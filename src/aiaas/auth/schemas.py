@@ -83,12 +83,22 @@ class ApiKeyRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: str
     name: str
-    role: Role
+    role: Role = Field(description="The key's own role; it acts at most at its owner's role.")
     prefix: str
+    owner_user_id: str | None = Field(
+        description="The member the key acts for; null: the organization's (a service key)."
+    )
+    owner_email: str | None = Field(description="The owner's e-mail, while they are a member.")
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
     last_used_at: datetime | None
+
+
+class ApiKeyTransfer(Strict):
+    owner_user_id: Annotated[str, StringConstraints(max_length=40)] | None = Field(
+        description="A member's user id, or null to give the key to the organization."
+    )
 
 
 class ApiKeyCreated(ApiKeyRead):

@@ -104,8 +104,11 @@ def serve(
         from aiaas.data.service import sweep_orphans, sweep_scratch
         from aiaas.storage import get_store
 
-        sweep_scratch(settings)  # scratch left by uploads of a crashed earlier run
-        sweep_orphans(session, get_store(settings.resolved_artifacts_url))  # files without rows
+        # Crash leftovers: scratch of dead processes (provably dead: at once), stored files
+        # without a version row (after orphan_min_age_s: another replica may be storing them).
+        store = get_store(settings.resolved_artifacts_url)
+        sweep_scratch(settings, older_than_s=settings.data.orphan_min_age_s)
+        sweep_orphans(session, store, older_than_s=settings.data.orphan_min_age_s)
     base = f"http://{host}:{port}"
     if created is not None:
         typer.echo(
@@ -121,6 +124,7 @@ def serve(
             f"  aiaas admin create-api-key --org {created.org_slug} --role admin --name cli\n"
         )
     typer.echo(f"aiaas serving on {base}  (docs: {base}/docs, metrics: {base}/metrics)")
+    _start_sweeper(settings, store)
     uvicorn.run(
         "aiaas.api.asgi:app",
         host=host,
@@ -131,6 +135,19 @@ def serve(
         proxy_headers=False,
         http="aiaas.api.server:GuardedHttpToolsProtocol",  # header size and time limits
     )
+
+
+def _start_sweeper(settings: Any, store: Any) -> None:
+    """Sweep crash leftovers every ``sweep_interval_s`` in this (the serving) process."""
+    import threading
+
+    from aiaas.data.service import sweep_periodically
+
+    if settings.data.sweep_interval_s > 0:
+        stop = threading.Event()  # never set: the daemon thread ends with the process
+        threading.Thread(
+            target=sweep_periodically, args=(settings, store, stop), name="sweeper", daemon=True
+        ).start()
 
 
 @db_app.command("upgrade")
@@ -184,7 +201,9 @@ def create_user(
     ] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Create a user in an organization. Without --password-stdin a password is generated."""
+    """Create a user account in an organization (accounts are per organization: the same
+    e-mail in another organization is another account). Without --password-stdin a password
+    is generated."""
     import secrets
 
     from aiaas.auth import service as auth_service
@@ -210,7 +229,12 @@ def create_user(
             settings.auth.argon2_parallelism,
         )
         user = auth_service.create_user(
-            session, passwords, email, password, min_length=settings.auth.min_password_length
+            session,
+            passwords,
+            organization,
+            email,
+            password,
+            min_length=settings.auth.min_password_length,
         )
         auth_service.add_membership(session, organization, user, role_value)
     typer.echo(f"created user {user.email} ({user.id}) as {role_value.value} in {org}", err=True)
@@ -226,7 +250,8 @@ def create_api_key(
     name: Annotated[str, typer.Option("--name", help="A label for the key.")] = "cli",
     data_dir: DataDir = None,
 ) -> None:
-    """Create an API key; prints the key alone on stdout (shown once)."""
+    """Create an organization-owned (service) API key; prints the key alone on stdout (shown
+    once). It belongs to no member, so no membership change ends it: revoke it when done."""
     from aiaas.auth import service as auth_service
 
     role_value = _role(role)
@@ -235,7 +260,11 @@ def create_api_key(
     with _migrated_session(_settings(data_dir)) as session, session.begin():
         organization = auth_service.get_org_by_slug(session, org)
         row, key = auth_service.issue_api_key(session, organization, role=role_value, name=name)
-    typer.echo(f"created API key {row.id} ({row.prefix}…) as {role_value.value} in {org}", err=True)
+    typer.echo(
+        f"created API key {row.id} ({row.prefix}…) as {role_value.value} in {org} "
+        "(organization-owned: no member's departure ends it)",
+        err=True,
+    )
     typer.echo(key)
 
 
