@@ -180,7 +180,10 @@ class DataSettings(BaseModel):
     sql_timeout_s: float = Field(10.0, gt=0, le=3600, description="Wall-clock limit per query.")
     sql_max_rows: int = Field(10_000, ge=1, description="Rows returned by one query at most.")
     sql_max_bytes: int = Field(
-        64 * MiB, ge=1024, description="Bytes of result returned by one query at most."
+        64 * MiB,
+        ge=1024,
+        description="Bytes of serialized result (row JSON, one line per row) one query returns "
+        "at most; the API process reads no more than this + 1 MiB from the query process.",
     )
     sql_memory_limit: str = Field("512MB", description="DuckDB memory limit of a query process.")
     sql_threads: int = Field(1, ge=1, description="DuckDB threads of a query process.")

@@ -204,36 +204,64 @@ def _own_worker_pid() -> int | None:
     return None
 
 
-def test_query_process_crash_is_a_clean_error():
+def _kill_worker_during(query: str, sig: int) -> tuple[BaseException | None, list[dict]]:
+    """Run ``query``, send our own query process ``sig`` while it runs: (error, logs)."""
     import os
-    import signal
     import threading
     import time
 
-    from aiaas.data.sql import SqlLimits, run_query
-    from aiaas.errors import InvalidInput
+    from structlog.testing import capture_logs
 
-    outcome: dict[str, object] = {}
+    from aiaas.data.sql import SqlLimits, run_query
+
+    outcome: dict[str, BaseException] = {}
 
     def run() -> None:
         try:
-            run_query({}, "SELECT count(*) FROM range(100000000000)", SqlLimits(timeout_s=30))
-        except InvalidInput as exc:
-            outcome["error"] = exc.detail
+            run_query({}, query, SqlLimits(timeout_s=30))
+        except Exception as exc:
+            outcome["error"] = exc
 
-    thread = threading.Thread(target=run)
-    thread.start()
-    pid = None
-    deadline = time.monotonic() + 15
-    while pid is None and time.monotonic() < deadline:
-        pid = _own_worker_pid()
-        time.sleep(0.05)
-    assert pid is not None
-    time.sleep(0.5)
-    os.kill(pid, signal.SIGSEGV)  # our own child, found by its parent pid
-    thread.join(30)
-    assert "killed" in str(outcome["error"])
-    assert run_query({}, "SELECT 42").rows == [[42]]
+    with capture_logs() as logs:
+        thread = threading.Thread(target=run)
+        thread.start()
+        pid = None
+        deadline = time.monotonic() + 15
+        while pid is None and time.monotonic() < deadline:
+            pid = _own_worker_pid()
+            time.sleep(0.05)
+        assert pid is not None
+        time.sleep(0.5)
+        os.kill(pid, sig)  # our own child, found by its parent pid
+        thread.join(30)
+    return outcome.get("error"), logs
+
+
+def test_query_process_crash_is_logged_and_clear():
+    import signal
+
+    from aiaas.data.sql import run_query
+    from aiaas.errors import InvalidInput
+
+    error, logs = _kill_worker_during("SELECT count(*) FROM range(100000000000)", signal.SIGSEGV)
+    assert isinstance(error, InvalidInput)  # the caller's query: 422, never a 500
+    assert error.detail == (
+        "the query process crashed (SIGSEGV); it is logged. Simplify the query, and "
+        "report the request id if it persists"
+    )
+    logged = [e for e in logs if e["log_level"] == "error"]
+    assert [(e["event"], e["message"], e["returncode"]) for e in logged] == [
+        ("sql_internal_error", "crashed (SIGSEGV)", -signal.SIGSEGV)
+    ]
+    # a kill at a resource limit (RLIMIT_CPU, the OOM killer) is the caller's: 422, a warning
+    error, logs = _kill_worker_during("SELECT count(*) FROM range(100000000000)", signal.SIGKILL)
+    assert isinstance(error, InvalidInput)
+    assert error.detail == (
+        "the query process was stopped at its CPU or memory limit; "
+        "simplify the query or reduce its result"
+    )
+    assert [e["log_level"] for e in logs] == ["warning"]
+    assert list(run_query({}, "SELECT 42").iter_rows()) == [[42]]
 
 
 def test_per_org_concurrency_cap(client, tenants, settings):

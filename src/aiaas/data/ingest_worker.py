@@ -31,7 +31,7 @@ from typing import IO, Any
 
 import structlog
 
-from aiaas.data.child import child_command, child_env
+from aiaas.data.child import child_command, child_env, die_with_parent
 from aiaas.data.ingest import OUTPUT_NAME, Format, IngestLimits, IngestOptions, IngestResult
 from aiaas.errors import (
     AiaasError,
@@ -97,6 +97,12 @@ def convert_isolated(
         "max_file_bytes": int(max_file),
         "sandbox": isolation.sandbox,
     }
+    # The child asks for SIGKILL when its parent dies (``die_with_parent``). Linux sends that
+    # signal when the *thread* that forked it exits, not only the process: this thread
+    # (a request's worker thread) forks it and then waits in communicate()/wait() for as
+    # long as the child lives — on a timeout or an error it kills and reaps it first — so
+    # the signal comes exactly when the API process dies. Never start it from a thread
+    # that returns before the child has exited.
     # The child is untrusted once it has read the upload: its answer is read back through
     # our own file descriptors (bounded), and the only path we accept from it is the one we
     # chose, checked to be a fresh regular file — not a link to someone else's data.
@@ -242,6 +248,7 @@ def _sandbox(work_dir: Path) -> int:
 
 
 def main() -> int:
+    die_with_parent()  # never outlive the API process (a restart finds no stray children)
     request: dict[str, Any] = json.loads(sys.stdin.buffer.read())
     _limit(request)
     try:

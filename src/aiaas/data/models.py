@@ -10,21 +10,48 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Computed,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from aiaas.db.base import Base, UTCDateTime, new_id, utcnow
 
 
 class Dataset(Base):
+    """A named dataset.
+
+    Names are unique per organization regardless of case — SQL (DuckDB) folds identifiers
+    to lower case, so ``Sales`` and ``sales`` would be one view. The database enforces it
+    with a unique index on ``(org_id, name_folded)``, where ``name_folded`` is computed by
+    the database as ``lower(name)`` (migration 0004): a generated column rather than an
+    index on the expression itself, which SQLite cannot reflect (so models and migrations
+    could not be compared). ``lower()`` folds ASCII letters on SQLite, exactly as DuckDB
+    folds identifiers; PostgreSQL's also folds other letters (``É``/``é``) — stricter,
+    never ambiguous. The exact ``(org_id, name)`` constraint of 0002 stays: dropping it
+    would mean rebuilding the table on SQLite, and it is implied anyway.
+    """
+
     __tablename__ = "datasets"
-    __table_args__ = (UniqueConstraint("org_id", "name", name="uq_datasets_org_name"),)
+    __table_args__ = (
+        UniqueConstraint("org_id", "name", name="uq_datasets_org_name"),
+        Index("uq_datasets_org_name_folded", "org_id", "name_folded", unique=True),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ds"))
     org_id: Mapped[str] = mapped_column(
         ForeignKey("organizations.id", ondelete="CASCADE"), index=True
     )
     name: Mapped[str] = mapped_column(String(200))
+    name_folded: Mapped[str | None] = mapped_column(String(200), Computed("lower(name)"))
     description: Mapped[str | None] = mapped_column(String(2000))
     latest_version: Mapped[int] = mapped_column(Integer, default=0)
     created_by: Mapped[str | None] = mapped_column(String(40))

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import anyio
 import structlog
 from fastapi import APIRouter, Query, Request, Response
+from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 
 from aiaas.api.deps import SessionDep, SettingsDep, StoreDep, require
@@ -20,6 +21,7 @@ from aiaas.data import service as data_service
 from aiaas.data.models import Dataset, DatasetVersion
 from aiaas.data.schemas import (
     DESCRIPTION_MAX,
+    VERSION_MAX,
     AppendRows,
     DatasetRead,
     DatasetUpdate,
@@ -28,6 +30,7 @@ from aiaas.data.schemas import (
     SqlRequest,
     SqlResponse,
     TransformRequest,
+    clean_description,
     clean_name,
 )
 from aiaas.data.upload import Upload, receive_upload
@@ -37,6 +40,10 @@ log = structlog.get_logger()
 T = TypeVar("T")
 
 datasets_router = APIRouter(prefix="/datasets", tags=["datasets"])
+#: A version number in a path: bounded, so no value beyond the 32-bit column reaches a query.
+VersionNumber = Annotated[
+    int, PathParam(ge=1, le=VERSION_MAX, description="Version number (1, 2, ...).")
+]
 sql_router = APIRouter(prefix="/sql", tags=["sql"])
 
 _UPLOAD_DOC: dict[str, Any] = {
@@ -95,8 +102,10 @@ async def create_dataset(
         except ValueError as exc:
             raise InvalidInput(f"invalid dataset name: {exc}") from None
         description = upload.fields.get("description") or None
-        if description is not None and len(description) > DESCRIPTION_MAX:
-            raise InvalidInput(f"the description is longer than {DESCRIPTION_MAX} characters")
+        try:
+            description = None if description is None else clean_description(description)
+        except ValueError as exc:
+            raise InvalidInput(f"invalid description: {exc}") from None
         return data_service.create_dataset(
             session,
             principal,
@@ -234,7 +243,7 @@ def append_rows(
 @datasets_router.get("/{dataset_id}/versions/{number}", response_model=DatasetVersionRead)
 def get_version(
     dataset_id: str,
-    number: int,
+    number: VersionNumber,
     session: SessionDep,
     principal: Principal = require(Action.DATASET_READ),
 ) -> DatasetVersion:
@@ -245,7 +254,7 @@ def get_version(
 @datasets_router.get("/{dataset_id}/versions/{number}/profile")
 def get_profile(
     dataset_id: str,
-    number: int,
+    number: VersionNumber,
     session: SessionDep,
     store: StoreDep,
     principal: Principal = require(Action.DATASET_READ),
@@ -291,7 +300,7 @@ def download_version(
 )
 def transform_version(
     dataset_id: str,
-    number: int,
+    number: VersionNumber,
     body: TransformRequest,
     session: SessionDep,
     settings: SettingsDep,
@@ -304,24 +313,29 @@ def transform_version(
     )
 
 
-@sql_router.post("", response_model=SqlResponse)
+@sql_router.post(
+    "",
+    response_model=SqlResponse,
+    responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
+)
 def run_sql(
     body: SqlRequest,
     session: SessionDep,
     settings: SettingsDep,
     store: StoreDep,
     principal: Principal = require(Action.SQL_QUERY),
-) -> Any:
+) -> StreamingResponse:
     """Run one read-only SQL query over your datasets (views by name; ``"name@N"``)."""
+    # The result is complete and checked (spooled to a file) before anything is sent, so
+    # every failure is still a problem response; the body is then streamed row by row.
     result = data_service.run_sql(session, principal, store, settings, body.query)
     if body.format == "csv":
-        return Response(result.to_csv(), media_type="text/csv; charset=utf-8")
-    return {
-        "columns": result.columns,
-        "rows": result.rows,
-        "row_count": len(result.rows),
-        "truncated": result.truncated,
-    }
+        return StreamingResponse(result.csv_chunks(), media_type="text/csv; charset=utf-8")
+    return StreamingResponse(
+        result.json_chunks(),
+        media_type="application/json",
+        headers={"Content-Length": str(result.json_length())},
+    )
 
 
 #: Mounted under /api/v1 by aiaas.api.routers.

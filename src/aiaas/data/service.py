@@ -8,25 +8,36 @@ Invariants:
   before its row is added; if adding the row fails, the stored files are deleted again;
 - all parsing and conversion happens in a private work directory under
   ``DATA_DIR/tmp/ingest`` that is removed on every path, success or failure — so a rejected
-  upload leaves no version row and no file.
+  upload leaves no version row and no file; its lock file, held while it is in use, lets
+  :func:`sweep_scratch` remove a dead process's directory at once;
+- dataset names are unique per organization regardless of case (the SQL views need it);
+- conversions, appends, transforms and imports run in an ingest slot (:class:`FairGate`:
+  a global cap, a per-organization cap, round-robin admission), and no version is stored
+  beyond the organization's storage quota (:func:`check_quota`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
+import itertools
 import json
+import math
+import os
 import shutil
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import structlog
-from sqlalchemy import event, select
+from sqlalchemy import event, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -36,11 +47,12 @@ from aiaas.data import ingest, ingest_worker, profile, recipes
 from aiaas.data.duck import clean_error, connect, qident, qstr
 from aiaas.data.models import Dataset, DatasetVersion
 from aiaas.data.pii import org_hash_key
-from aiaas.data.sql import SqlLimits, SqlResult, run_query
+from aiaas.data.schemas import VERSION_MAX, has_lone_surrogate
+from aiaas.data.sql import SqlLimits, SqlResult, csv_text, run_query
 from aiaas.data.sql_import import ImportLimits, import_query
 from aiaas.db.base import scoped, utcnow
-from aiaas.errors import Conflict, InvalidInput, NotFound, TooManyRequests
-from aiaas.settings import Settings
+from aiaas.errors import Conflict, InvalidInput, NotFound, QuotaExceeded, TooManyRequests
+from aiaas.settings import DataSettings, Settings
 from aiaas.storage import ArtifactStore
 
 log = structlog.get_logger()
@@ -112,15 +124,58 @@ def _scratch_root(settings: Settings) -> Path:
     return settings.data_dir / "tmp" / "ingest"
 
 
+_WORK_LOCKS: dict[str, int] = {}  # work dir → the open, flock()ed fd of its lock file
+_WORK_LOCKS_GUARD = threading.Lock()
+
+
 def new_work_dir(settings: Settings) -> Path:
-    """A fresh private scratch directory; the caller removes it (:func:`remove_work_dir`)."""
-    path = _scratch_root(settings) / uuid.uuid4().hex
-    path.mkdir(parents=True, mode=0o700)
-    return path
+    """A fresh private scratch directory; the caller removes it (:func:`remove_work_dir`).
+
+    ``<root>/<id>/`` comes with ``<root>/<id>.lock``, which this process keeps ``flock()``ed
+    until :func:`remove_work_dir`: the kernel drops the lock when the process dies (even by
+    SIGKILL), so :func:`sweep_scratch` can tell a dead owner's directory from a live one
+    without guessing by age. The lock sits beside the directory, out of reach of the ingest
+    process (Landlock confines it to the directory itself).
+    """
+    root = _scratch_root(settings)
+    root.mkdir(parents=True, exist_ok=True)
+    while True:
+        name = uuid.uuid4().hex
+        fd = _new_locked_file(root, f"{name}.lock")
+        if fd is None:  # a sweep removed the lock before it was ours: try another name
+            continue
+        path = root / name
+        path.mkdir(mode=0o700)
+        with _WORK_LOCKS_GUARD:
+            _WORK_LOCKS[str(path)] = fd
+        return path
+
+
+def _new_locked_file(root: Path, name: str) -> int | None:
+    """Create ``root/name`` already locked: it is made and locked under a temporary name
+    first, then renamed, so a sweep never sees the final name unlocked."""
+    tmp = root / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(tmp, root / name)
+    except FileNotFoundError:  # swept between create and lock (taken for a dead one's)
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    return fd
 
 
 def remove_work_dir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+    with _WORK_LOCKS_GUARD:
+        fd = _WORK_LOCKS.pop(str(path), None)
+    if fd is not None:
+        path.with_name(f"{path.name}.lock").unlink(missing_ok=True)  # still ours: then release
+        os.close(fd)
 
 
 @contextmanager
@@ -133,64 +188,257 @@ def work_dir(settings: Settings) -> Iterator[Path]:
         remove_work_dir(path)
 
 
-_SLOTS: dict[int, threading.BoundedSemaphore] = {}
+class FairGate:
+    """At most ``total`` holders at once, at most ``per_key`` of them with the same key.
+
+    Waiting requests are admitted fairly across keys (organizations): each waiter gets a
+    *round* when it arrives — the current round for a key with nothing running or waiting,
+    else one after that key's previous request — and a free slot goes to the waiter with the
+    lowest (round, arrival) whose key is below ``per_key``. So one key's second request never
+    goes before another key's first, a key that is at its cap never blocks the others, and a
+    new key is served as soon as a slot is free (round-robin; no key can starve another).
+    Thread-safe; waiters block on one condition variable.
+    """
+
+    def __init__(self, total: int, per_key: int) -> None:
+        if total < 1 or not 1 <= per_key <= total:
+            raise ValueError(f"need 1 <= per_key <= total (got {per_key}, {total})")
+        self.total, self.per_key = total, per_key
+        self._cond = threading.Condition()
+        self._running: dict[str, int] = {}
+        self._waiting: list[_Waiter] = []
+        self._next_round: dict[str, int] = {}
+        self._round = 0  # the round of the waiter admitted last
+        self._arrivals = itertools.count()
+
+    def acquire(self, key: str, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a slot; False if none became free."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            round_ = max(self._round, self._next_round.get(key, 0))
+            self._next_round[key] = round_ + 1
+            waiter = _Waiter(key, round_, next(self._arrivals))
+            self._waiting.append(waiter)
+            self._dispatch()
+            try:
+                while not waiter.admitted:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        self._waiting.remove(waiter)
+                        self._forget(key)
+                        return False
+                    self._cond.wait(remaining)
+            except BaseException:  # interrupted while waiting: give back what we may hold
+                if waiter.admitted:
+                    self._release(key)
+                else:
+                    self._waiting.remove(waiter)
+                    self._forget(key)
+                raise
+            return True
+
+    def release(self, key: str) -> None:
+        with self._cond:
+            self._release(key)
+
+    @contextmanager
+    def slot(self, key: str, timeout: float) -> Iterator[bool]:
+        """``with gate.slot(key, t) as ok:`` — ``ok`` says whether a slot was obtained."""
+        ok = self.acquire(key, timeout)
+        try:
+            yield ok
+        finally:
+            if ok:
+                self.release(key)
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        """``{"running": {key: n}, "waiting": {key: n}}`` (for tests, logs and metrics)."""
+        with self._cond:
+            waiting: dict[str, int] = {}
+            for w in self._waiting:
+                waiting[w.key] = waiting.get(w.key, 0) + 1
+            return {"running": dict(self._running), "waiting": waiting}
+
+    def _release(self, key: str) -> None:
+        count = self._running.get(key, 0)
+        if count <= 0:
+            raise RuntimeError(f"release of {key!r} without a slot")
+        if count == 1:
+            del self._running[key]
+        else:
+            self._running[key] = count - 1
+        self._forget(key)
+        self._dispatch()
+
+    def _forget(self, key: str) -> None:
+        """A key with nothing running or waiting starts at the current round next time."""
+        if key not in self._running and not any(w.key == key for w in self._waiting):
+            self._next_round.pop(key, None)
+
+    def _dispatch(self) -> None:
+        admitted = False
+        while sum(self._running.values()) < self.total:
+            eligible = [w for w in self._waiting if self._running.get(w.key, 0) < self.per_key]
+            if not eligible:
+                break
+            chosen = min(eligible, key=lambda w: (w.round, w.arrival))
+            self._waiting.remove(chosen)
+            self._running[chosen.key] = self._running.get(chosen.key, 0) + 1
+            self._round = max(self._round, chosen.round)
+            chosen.admitted = admitted = True
+        if admitted:
+            self._cond.notify_all()
+
+
+@dataclass
+class _Waiter:
+    key: str
+    round: int
+    arrival: int
+    admitted: bool = False
+
+
+_GATES: dict[tuple[int, int], FairGate] = {}
 _SLOTS_LOCK = threading.Lock()
 _SQL_SLOTS: dict[tuple[str, int], threading.BoundedSemaphore] = {}
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def heavy(fn: Callable[P, R]) -> Callable[P, R]:
-    """Run ``fn`` in one of ``max_concurrent_ingests`` slots (bounds DuckDB memory in total).
+def ingest_gate(total: int, per_org: int) -> FairGate:
+    """The process-wide gate for these limits (one per distinct pair of settings)."""
+    with _SLOTS_LOCK:
+        gate = _GATES.get((total, per_org))
+        if gate is None:
+            gate = _GATES[(total, per_org)] = FairGate(total, per_org)
+        return gate
+
+
+@contextmanager
+def ingest_slot(limits: DataSettings, org_id: str) -> Iterator[None]:
+    """Hold one of the ingest slots for ``org_id`` (429 after ``ingest_queue_timeout_s``).
 
     Conversion (in its ingest process), profiling and recipes each hold a DuckDB connection
     with its own memory limit; without a cap, N parallel uploads would use N times that.
+    The cap per organization keeps at least one slot for everyone else.
+    """
+    gate = ingest_gate(limits.max_concurrent_ingests, limits.ingest_slots_per_org)
+    with gate.slot(org_id, limits.ingest_queue_timeout_s) as ok:
+        if not ok:
+            raise TooManyRequests("too many uploads and transforms in progress; retry later")
+        yield
+
+
+def heavy(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run ``fn`` in an ingest slot, for callers that have settings but no principal.
+
+    The service functions call :func:`ingest_slot` themselves (with the caller's org);
+    this decorator takes the first ``Settings`` argument and the org of the first
+    ``Principal`` argument, if any.
     """
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        settings = next(a for a in (*args, *kwargs.values()) if isinstance(a, Settings))
-        limit = settings.data.max_concurrent_ingests
-        with _SLOTS_LOCK:
-            slot = _SLOTS.setdefault(limit, threading.BoundedSemaphore(limit))
-        if not slot.acquire(timeout=settings.data.ingest_queue_timeout_s):
-            raise TooManyRequests("too many uploads and transforms in progress; retry later")
-        try:
+        values = (*args, *kwargs.values())
+        settings = next(a for a in values if isinstance(a, Settings))
+        principal = next((a for a in values if isinstance(a, Principal)), None)
+        with ingest_slot(settings.data, principal.org_id if principal else ""):
             return fn(*args, **kwargs)
-        finally:
-            slot.release()
 
     return wrapper
 
 
-def sweep_scratch(settings: Settings, *, older_than_s: float = 3600.0) -> int:
-    """Remove scratch directories left by a crashed process; returns how many.
+@contextmanager
+def _dead_owner(lock: Path) -> Iterator[bool | None]:
+    """Whether the process that locked ``lock`` is gone (True), alive (False), or there is
+    no lock to tell by (None). Holds the lock meanwhile, so nobody can take it over."""
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        yield None
+        return
+    except OSError:  # not ours to judge (a symlink, no permission)
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        except OSError:  # a filesystem without flock(): fall back to the age rule
+            yield None
+            return
+        yield True
+    finally:
+        os.close(fd)
 
-    Call once at startup (and periodically): a request that is still running keeps its
-    directory fresh, so only directories untouched for ``older_than_s`` are removed.
+
+def _older_than(path: Path, cutoff: float) -> bool:
+    try:
+        return path.lstat().st_mtime < cutoff
+    except FileNotFoundError:
+        return False
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def sweep_scratch(settings: Settings, *, older_than_s: float = 3600.0) -> int:
+    """Remove scratch left by dead processes; returns how many directories and files.
+
+    A work directory whose lock file (see :func:`new_work_dir`) can be locked belongs to a
+    process that is gone: it is removed whatever its age — a partial upload, a conversion's
+    spill files, a half-written Parquet file. Entries without a lock file (left by an
+    older aiaas, or on a filesystem without ``flock``), leftover lock files and the download
+    cache's partial files are removed once untouched for ``older_than_s``. Safe to run at
+    any time, from any process sharing the data directory.
     """
-    root = _scratch_root(settings)
-    if not root.exists():
-        return 0
     cutoff = time.time() - older_than_s
     removed = 0
-    for child in root.iterdir():
-        try:
-            if child.is_dir() and child.stat().st_mtime < cutoff:
-                shutil.rmtree(child, ignore_errors=True)
-                removed += 1
-        except FileNotFoundError:
+    root = _scratch_root(settings)
+    entries = sorted(root.iterdir()) if root.exists() else []
+    for entry in entries:
+        if entry.name.endswith(".lock") or entry.name.startswith("."):
+            continue  # lock files: judged with their directory, then on their own below
+        lock = entry.with_name(f"{entry.name}.lock")
+        with _dead_owner(lock) as dead:
+            if dead is False or (dead is None and not _older_than(entry, cutoff)):
+                continue
+            _remove(entry)
+            if dead:
+                lock.unlink(missing_ok=True)
+            removed += 1
+            log.info("scratch_removed", path=entry.name, owner="dead" if dead else "unknown")
+    for entry in entries:  # lock files whose directory is gone (a crash in between)
+        if not (entry.name.endswith(".lock") or entry.name.startswith(".")):
             continue
+        if entry.name.endswith(".lock") and entry.with_name(entry.name[:-5]).exists():
+            continue
+        with _dead_owner(entry) as dead:
+            if dead or (dead is None and _older_than(entry, cutoff)):
+                entry.unlink(missing_ok=True)
+    cache = settings.data_dir / "cache"
+    if cache.exists():  # partial downloads of remote versions (local_parquet)
+        for tmp in cache.rglob("*.tmp-*"):
+            if tmp.is_file() and _older_than(tmp, cutoff):
+                tmp.unlink(missing_ok=True)
+                removed += 1
     return removed
 
 
 def sweep_orphans(session: Session, store: ArtifactStore, *, older_than_s: float = 3600.0) -> int:
-    """Remove stored version files no version row refers to; returns how many versions.
+    """Remove stored files no version row refers to; returns how many versions and files.
 
     A version's files are stored before its row is committed (and a dataset's files are
-    deleted after its rows), so a crash in between leaves files without a row. Call at
-    startup: only files untouched for ``older_than_s`` are removed, so a version another
-    replica is storing right now is left alone.
+    deleted after its rows), so a crash in between leaves files without a row; a crash
+    inside the store's own atomic write leaves its temporary file (``.tmp-…``, which
+    listings hide). Both are removed once untouched for ``older_than_s`` (another replica
+    may be storing a version right now); :func:`sweep_periodically` runs this regularly.
     """
     from aiaas.auth.models import Organization
 
@@ -219,7 +467,48 @@ def sweep_orphans(session: Session, store: ArtifactStore, *, older_than_s: float
                 store.delete_prefix(org_id, prefix)
                 removed += 1
                 log.info("orphan_version_files_removed", org_id=org_id, prefix=prefix)
+        removed += _sweep_store_temp_files(store, org_id, cutoff)
     return removed
+
+
+def _sweep_store_temp_files(store: ArtifactStore, org_id: str, cutoff: float) -> int:
+    """The local store's ``.tmp-*`` files (S3 writes are single PUTs and leave none)."""
+    root = store.local_path(org_id, "datasets")
+    if root is None or not root.is_dir():
+        return 0
+    removed = 0
+    for tmp in list(root.rglob(".tmp-*")):
+        if tmp.is_file() and not tmp.is_symlink() and _older_than(tmp, cutoff):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+            log.info("store_temp_file_removed", org_id=org_id, path=str(tmp.relative_to(root)))
+            with contextlib.suppress(OSError):  # its version and dataset folders, if empty
+                tmp.parent.rmdir()
+                tmp.parent.parent.rmdir()
+    return removed
+
+
+def sweep_once(settings: Settings, store: ArtifactStore) -> dict[str, int]:
+    """One pass of both sweeps (``aiaas serve``: at startup and every ``sweep_interval_s``)."""
+    from aiaas.db import get_session_factory
+
+    older = settings.data.orphan_min_age_s
+    scratch = sweep_scratch(settings, older_than_s=older)
+    with get_session_factory(settings.resolved_database_url)() as session:
+        orphans = sweep_orphans(session, store, older_than_s=older)
+    if scratch or orphans:
+        log.info("crash_leftovers_swept", scratch=scratch, orphans=orphans)
+    return {"scratch": scratch, "orphans": orphans}
+
+
+def sweep_periodically(settings: Settings, store: ArtifactStore, stop: threading.Event) -> None:
+    """Run :func:`sweep_once` every ``sweep_interval_s`` until ``stop`` is set (a thread)."""
+    interval = settings.data.sweep_interval_s
+    while interval > 0 and not stop.wait(interval):
+        try:
+            sweep_once(settings, store)
+        except Exception as exc:  # a failing pass (database away) must not end the loop
+            log.warning("sweep_failed", error=f"{type(exc).__name__}: {exc}")
 
 
 def _sha256(path: Path) -> str:
@@ -263,6 +552,34 @@ def _check_cells(report: dict[str, Any], settings: Settings) -> None:
             )
 
 
+def storage_used(session: Session, principal: Principal) -> int:
+    """Bytes of the organization's stored versions (their Parquet files)."""
+    stmt = scoped(select(func.coalesce(func.sum(DatasetVersion.bytes), 0)), principal)
+    return int(session.scalar(stmt) or 0)
+
+
+def check_quota(
+    session: Session, principal: Principal, settings: Settings, adding: int = 0
+) -> None:
+    """429 ``quota_exceeded`` if ``adding`` more bytes would exceed the organization's quota.
+
+    Called before any work (``adding=0``: refuse at once when the quota is used up) and
+    again with the size of a new version before anything is stored. Concurrent requests of
+    one organization can overshoot by at most ``max_concurrent_ingests_per_org`` versions.
+    """
+    quota = settings.data.max_storage_bytes_per_org
+    if not quota:
+        return
+    used = storage_used(session, principal)
+    if used + adding > quota or (adding == 0 and used >= quota):
+        raise QuotaExceeded(
+            f"the organization's datasets use {used} of {quota} bytes; "
+            + (f"a new version of {adding} bytes does not fit" if adding else "it is full")
+            + " (delete versions or datasets, or ask an operator to raise "
+            "AIAAS_DATA__MAX_STORAGE_BYTES_PER_ORG)"
+        )
+
+
 def _store_version(
     session: Session,
     principal: Principal,
@@ -284,6 +601,7 @@ def _store_version(
 
     from aiaas.db.base import new_id
 
+    check_quota(session, principal, settings, parquet.stat().st_size)  # before storing anything
     version_id = new_id("dsv")  # the keys need the id before the row exists
     prefix = _version_prefix(dataset.id, version_id)
     storage_key, profile_key = f"{prefix}/{DATA_FILE}", f"{prefix}/{PROFILE_FILE}"
@@ -376,6 +694,8 @@ def list_datasets_stmt(principal: Principal) -> Any:
 def get_version(
     session: Session, principal: Principal, dataset_id: str, number: int
 ) -> DatasetVersion:
+    if not 1 <= number <= VERSION_MAX:  # the column is a 32-bit integer on every backend
+        raise InvalidInput(f"version numbers are 1 to {VERSION_MAX}")
     dataset = get_dataset(session, principal, dataset_id)
     stmt = scoped(select(DatasetVersion), principal).where(
         DatasetVersion.dataset_id == dataset.id, DatasetVersion.number == number
@@ -406,10 +726,26 @@ def get_profile(
 # --------------------------------------------------------------------------- writes
 
 
-def _ensure_name_free(session: Session, principal: Principal, name: str) -> None:
-    stmt = scoped(select(Dataset.id), principal).where(Dataset.name == name).limit(1)
-    if session.scalar(stmt) is not None:
-        raise Conflict(f"a dataset named {name!r} already exists")
+def _ensure_name_free(
+    session: Session, principal: Principal, name: str, *, exclude: str | None = None
+) -> None:
+    """409 if another dataset of the organization has ``name``, compared case-insensitively.
+
+    SQL (DuckDB) folds identifiers to lower case, so ``Sales`` and ``sales`` would be one view;
+    the database enforces the same with a unique index on ``(org_id, lower(name))``.
+    """
+    stmt = scoped(select(Dataset.name), principal).where(
+        func.lower(Dataset.name) == func.lower(name)
+    )
+    if exclude is not None:
+        stmt = stmt.where(Dataset.id != exclude)
+    existing = session.scalar(stmt.limit(1))
+    if existing is not None:
+        raise Conflict(_name_taken(existing))
+
+
+def _name_taken(existing: str) -> str:
+    return f"a dataset named {existing!r} already exists (names are unique regardless of case)"
 
 
 def _options(fields: dict[str, str]) -> ingest.IngestOptions:
@@ -470,13 +806,12 @@ def _new_dataset(
     session.add(dataset)
     try:
         session.flush()
-    except IntegrityError:
-        raise Conflict(f"a dataset named {name!r} already exists") from None
+    except IntegrityError:  # another request took the name meanwhile (the unique index)
+        raise Conflict(_name_taken(name)) from None
     audit.set_resource("dataset", dataset.id, name=name, **audit_details)
     return dataset
 
 
-@heavy
 def create_dataset(
     session: Session,
     principal: Principal,
@@ -492,23 +827,26 @@ def create_dataset(
     fields: dict[str, str],
 ) -> Dataset:
     """Create a dataset whose version 1 is the uploaded file (upload is inside a work dir)."""
+    options = _options(fields)
     _ensure_name_free(session, principal, name)
-    result = convert_upload(settings, upload, filename=filename, options=_options(fields))
-    dataset = _new_dataset(session, principal, name, description)
-    _store_version(
-        session,
-        principal,
-        store,
-        settings,
-        dataset,
-        result.parquet_path,
-        source=_source_from_upload(result, filename, size, sha256),
-    )
+    with ingest_slot(settings.data, principal.org_id):
+        _ensure_name_free(session, principal, name)  # again: the wait for a slot can be long
+        check_quota(session, principal, settings)
+        result = convert_upload(settings, upload, filename=filename, options=options)
+        dataset = _new_dataset(session, principal, name, description)
+        _store_version(
+            session,
+            principal,
+            store,
+            settings,
+            dataset,
+            result.parquet_path,
+            source=_source_from_upload(result, filename, size, sha256),
+        )
     session.refresh(dataset)
     return dataset
 
 
-@heavy
 def add_version_from_file(
     session: Session,
     principal: Principal,
@@ -524,17 +862,20 @@ def add_version_from_file(
 ) -> DatasetVersion:
     dataset = get_dataset(session, principal, dataset_id)
     audit.set_resource("dataset", dataset.id)
-    result = convert_upload(settings, upload, filename=filename, options=_options(fields))
-    return _store_version(
-        session,
-        principal,
-        store,
-        settings,
-        dataset,
-        result.parquet_path,
-        source=_source_from_upload(result, filename, size, sha256),
-        parent_version=dataset.latest_version or None,
-    )
+    options = _options(fields)
+    with ingest_slot(settings.data, principal.org_id):
+        check_quota(session, principal, settings)
+        result = convert_upload(settings, upload, filename=filename, options=options)
+        return _store_version(
+            session,
+            principal,
+            store,
+            settings,
+            dataset,
+            result.parquet_path,
+            source=_source_from_upload(result, filename, size, sha256),
+            parent_version=dataset.latest_version or None,
+        )
 
 
 def update_dataset(
@@ -548,7 +889,7 @@ def update_dataset(
     dataset = get_dataset(session, principal, dataset_id)
     audit.set_resource("dataset", dataset.id)
     if name is not None and name != dataset.name:
-        _ensure_name_free(session, principal, name)
+        _ensure_name_free(session, principal, name, exclude=dataset.id)
         dataset.name = name
     if description is not None:
         dataset.description = description
@@ -556,7 +897,7 @@ def update_dataset(
     try:
         session.flush()
     except IntegrityError:
-        raise Conflict(f"a dataset named {name!r} already exists") from None
+        raise Conflict(_name_taken(str(name))) from None
     return dataset
 
 
@@ -580,7 +921,53 @@ def delete_dataset(
     event.listen(session, "after_commit", delete_files, once=True)
 
 
-@heavy
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what a JSON record can carry into Parquet
+
+
+def _value_problem(value: Any) -> str | None:
+    """Why a JSON value cannot be stored as it is, or None."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return None if _INT_MIN <= value <= _INT_MAX else "an integer outside the 64-bit range"
+    if isinstance(value, float):
+        return None if math.isfinite(value) else "not a finite number"
+    if isinstance(value, str):
+        return "a lone surrogate" if has_lone_surrogate(value) else None
+    if isinstance(value, list):
+        return next((p for p in map(_value_problem, value) if p), None)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str) or has_lone_surrogate(key):
+                return "a lone surrogate in a key"
+            if problem := _value_problem(item):
+                return problem
+        return None
+    return f"a value of type {type(value).__name__}"
+
+
+def check_records(records: list[dict[str, Any]]) -> None:
+    """422 naming the first record and column whose value JSON → Parquet cannot carry.
+
+    Integers beyond 64 bits, NaN and ±Infinity (also ``1e400``, which JSON parsers read as
+    infinity) and strings with lone surrogates would otherwise crash the writer or silently
+    become NULL.
+    """
+    for i, record in enumerate(records):
+        for column, value in record.items():
+            if has_lone_surrogate(column):
+                why: str | None = "a lone surrogate in the name"
+            else:
+                why = _value_problem(value)
+            if why is None:
+                continue
+            shown = column[:100].encode("utf-8", "backslashreplace").decode("utf-8")
+            raise InvalidInput(
+                f"record {i}, column {column[:100]!r}: {why}",
+                errors=[{"record": i, "column": shown, "detail": why}],
+            )
+
+
 def append_rows(
     session: Session,
     principal: Principal,
@@ -594,6 +981,7 @@ def append_rows(
     audit.set_resource("dataset", dataset.id, appended=len(records))
     if len(records) > settings.data.max_append_records:
         raise InvalidInput(f"at most {settings.data.max_append_records} records per request")
+    check_records(records)
     parent = dataset.version
     if parent is None:
         raise Conflict("the dataset has no version to append to")
@@ -602,7 +990,8 @@ def append_rows(
     if unknown:
         raise InvalidInput(f"unknown column(s): {', '.join(repr(u) for u in unknown[:10])}")
     limits = ingest_limits(settings)
-    with work_dir(settings) as wd:
+    with ingest_slot(settings.data, principal.org_id), work_dir(settings) as wd:
+        check_quota(session, principal, settings)
         jsonl = ingest.write_records_jsonl(records, wd)
         parent_path = local_parquet(store, settings, parent)
         out = wd / "appended.parquet"
@@ -650,7 +1039,6 @@ def append_rows(
         )
 
 
-@heavy
 def transform_version(
     session: Session,
     principal: Principal,
@@ -670,7 +1058,8 @@ def transform_version(
         memory_limit=settings.data.duckdb_memory_limit,
         threads=settings.data.duckdb_threads,
     )
-    with work_dir(settings) as wd:
+    with ingest_slot(settings.data, principal.org_id), work_dir(settings) as wd:
+        check_quota(session, principal, settings)
         src = local_parquet(store, settings, version)
         out = wd / "transformed.parquet"
         recipes.apply_recipe(src, out, recipe, ctx)
@@ -687,7 +1076,6 @@ def transform_version(
         )
 
 
-@heavy
 def import_dataset(
     session: Session,
     principal: Principal,
@@ -706,7 +1094,9 @@ def import_dataset(
         max_rows=settings.data.import_max_rows,
         statement_timeout_s=settings.data.import_statement_timeout_s,
     )
-    with work_dir(settings) as wd:
+    with ingest_slot(settings.data, principal.org_id), work_dir(settings) as wd:
+        _ensure_name_free(session, principal, name)  # again: the wait for a slot can be long
+        check_quota(session, principal, settings)
         dest = wd / "import.jsonl"
         rows = import_query(url, query, dest, limits)
         result = convert_upload(settings, dest, options=ingest.IngestOptions(format="jsonl"))
@@ -776,7 +1166,9 @@ def _run_sql(
         threads=d.sql_threads,
         address_bytes=d.sql_address_space_bytes,
     )
-    return run_query(views, query, limits, root=root if views else None)
+    spool_dir = settings.data_dir / "tmp" / "sql"  # unlinked files: nothing left to sweep
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    return run_query(views, query, limits, root=root if views else None, spool_dir=spool_dir)
 
 
 # --------------------------------------------------------------------------- downloads
@@ -814,7 +1206,7 @@ def csv_chunks(
             yield sink.getvalue().to_pybytes()
         if first:  # no batches: header only
             sink = pa.BufferOutputStream()
-            pacsv.write_csv(reader.schema.empty_table(), sink)
+            pacsv.write_csv(_csv_safe(reader.schema.empty_table()), sink)
             yield sink.getvalue().to_pybytes()
     except Exception as exc:  # the response has started; end it with a readable marker
         yield f"\n# error: {clean_error(exc)}\n".encode()
@@ -822,8 +1214,16 @@ def csv_chunks(
         con.close()
 
 
+_FORMULA_RE = r"^([=+\-@\t\r])"  # a text cell starting with one of sql.FORMULA_PREFIXES
+
+
 def _csv_safe(batch: Any) -> Any:
-    """CSV cannot carry time zones: write zoned timestamps as UTC wall time."""
+    """A record batch (or table) as CSV can carry it, and safe to open in a spreadsheet.
+
+    CSV cannot carry time zones: zoned timestamps are written as UTC wall time. Text that a
+    spreadsheet would run as a formula (a cell or column name starting with ``=``, ``+``,
+    ``-``, ``@``, tab or CR — OWASP CSV injection) gets a leading ``'``; numbers are untouched.
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -831,5 +1231,14 @@ def _csv_safe(batch: Any) -> Any:
     for column in batch.columns:
         if pa.types.is_timestamp(column.type) and column.type.tz is not None:
             column = pc.cast(column, pa.timestamp(column.type.unit))
+        if pa.types.is_dictionary(column.type):
+            column = pc.cast(column, column.type.value_type)
+        if pa.types.is_string_view(column.type):
+            column = pc.cast(column, pa.string())
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            column = pc.replace_substring_regex(
+                column, pattern=_FORMULA_RE, replacement="'\\1", max_replacements=1
+            )
         arrays.append(column)
-    return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
+    names = [csv_text(name) for name in batch.schema.names]
+    return type(batch).from_arrays(arrays, names=names)

@@ -1,6 +1,6 @@
 """The SQL sandbox, parent side: run one tenant query in a fresh, limited process.
 
-Guarantees (tested in tests/data/test_sql.py):
+Guarantees (tested in tests/data/test_sql.py and tests/data/test_sql_bounds.py):
 
 - the query process can read exactly the Parquet files of the caller's datasets, exposed as
   views named after the datasets (``sales``; ``"sales@2"`` for a version) — no other file,
@@ -8,7 +8,15 @@ Guarantees (tested in tests/data/test_sql.py):
 - one SELECT statement per request (DuckDB's own parser decides, not a regex);
 - wall-clock limit (watchdog ``interrupt`` + DuckDB ``max_execution_time`` + a kill from here),
   CPU and address-space rlimits, no file writes at all, row and byte caps on the result;
-- a crash or kill of the query process is a clean 4xx for the caller, never a 500.
+- bounded memory here: the query process serializes the result (strict JSON, one row per
+  line) and caps it by its serialized size; this side reads at most ``max_bytes`` plus
+  :data:`HEADER_MAX_BYTES` and a small margin of it, never more, checks every line as the
+  answer of an untrusted process (:class:`ChildAnswer`) and spools the checked rows to an
+  unlinked temporary file, from which the response is streamed row by row;
+- every failure is known before anything is streamed: the caller's errors (a bad query, a
+  limit, a crash of the query process) are 422s; internal failures (sandbox setup, a stored
+  file that cannot be read, a malformed answer) are logged as ``sql_internal_error`` and are
+  a 500 that says so. A crash is logged as ``sql_internal_error`` too.
 """
 
 from __future__ import annotations
@@ -18,17 +26,42 @@ import csv
 import io
 import json
 import math
+import os
+import selectors
+import signal
 import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
+from datetime import time as dtime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pyarrow as pa
+import structlog
 
 from aiaas.data.child import child_command, child_env
-from aiaas.errors import InvalidInput
+from aiaas.errors import AiaasError, InvalidInput
+
+log = structlog.get_logger()
+
+#: The header line (the column list) may take this much beyond ``max_bytes``.
+HEADER_MAX_BYTES = 1024 * 1024
+_TRAILER_MAX_BYTES = 16 * 1024
+_KINDS = frozenset({"boolean", "integer", "float", "datetime", "string"})
+_STDERR_TAIL = 4096
+_CHUNK = 64 * 1024
+
+#: OWASP CSV injection: a text cell starting with one of these is a formula to a spreadsheet.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(text: str) -> str:
+    """A text cell for CSV output: formula-like text gets a leading ``'`` (OWASP)."""
+    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
 
 
 @dataclass(frozen=True)
@@ -39,21 +72,6 @@ class SqlLimits:
     memory_limit: str = "512MB"
     threads: int = 1
     address_bytes: int = 4 * 1024 * 1024 * 1024
-
-
-@dataclass
-class SqlResult:
-    columns: list[dict[str, str]]
-    rows: list[list[Any]]
-    truncated: bool
-
-    def to_csv(self) -> str:
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow([c["name"] for c in self.columns])
-        for row in self.rows:
-            writer.writerow(["" if v is None else v for v in row])
-        return buf.getvalue()
 
 
 def arrow_kind(t: pa.DataType) -> str:
@@ -78,7 +96,7 @@ def json_value(value: Any) -> Any:
     if isinstance(value, Decimal):
         f = float(value)
         return f if math.isfinite(f) else None
-    if isinstance(value, datetime | date | time):
+    if isinstance(value, datetime | date | dtime):
         return value.isoformat()
     if isinstance(value, timedelta):
         return value.total_seconds()
@@ -91,18 +109,263 @@ def json_value(value: Any) -> Any:
     return str(value)
 
 
+def _dumps(value: Any) -> bytes:
+    # as FastAPI's JSONResponse: compact, UTF-8, no NaN
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not strict JSON")
+
+
+def _loads(line: bytes) -> Any:
+    return json.loads(line.decode("utf-8"), parse_constant=_no_constant)
+
+
+class ChildProtocolError(Exception):
+    """The query process's answer broke the protocol (a bug, or a compromised process)."""
+
+
+class ChildAnswer:
+    """The query process's stdout, fed in chunks, checked line by line, rows spooled.
+
+    Never buffers more than one line, never accepts more than :attr:`limit` bytes in all;
+    a row must be a JSON array (no NaN/Infinity, valid UTF-8) of exactly one value per column.
+    Checked rows are re-serialized (strict JSON) into ``spool``, one per line.
+    """
+
+    def __init__(self, *, max_rows: int, max_bytes: int, spool: IO[bytes]):
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self.limit = HEADER_MAX_BYTES + max_bytes + _TRAILER_MAX_BYTES
+        self.spool = spool
+        self.spool_bytes = 0
+        self.columns: list[dict[str, str]] | None = None
+        self.row_count = 0
+        self.truncated = False
+        self.failure: dict[str, str] | None = None
+        self.done = False
+        self._total = 0
+        self._row_bytes = 0
+        self._pending: list[bytes] = []
+        self.buffered_bytes = 0
+
+    def feed(self, chunk: bytes) -> None:
+        if self._total + len(chunk) > self.limit:
+            raise ChildProtocolError(f"more than {self.max_bytes} bytes")
+        self._total += len(chunk)
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            piece = chunk[start:end]
+            if self._pending:
+                piece = b"".join([*self._pending, piece])
+                self._pending.clear()
+                self.buffered_bytes = 0
+            self._line(piece)
+            start = end + 1
+        if start < len(chunk):
+            self._pending.append(chunk[start:])
+            self.buffered_bytes += len(chunk) - start
+            self._check_length(self.buffered_bytes)
+
+    def finish(self) -> None:
+        if not self.done:
+            raise ChildProtocolError("the answer has no trailer")
+
+    def _check_length(self, n: int) -> None:
+        if self.columns is None:
+            if n > HEADER_MAX_BYTES:
+                raise ChildProtocolError(f"the first line is longer than {HEADER_MAX_BYTES} bytes")
+        elif n > max(self.max_bytes, _TRAILER_MAX_BYTES):
+            raise ChildProtocolError(f"more than {self.max_bytes} bytes")
+
+    def _line(self, line: bytes) -> None:
+        self._check_length(len(line))
+        if self.done:
+            raise ChildProtocolError("data after the trailer")
+        if self.columns is None:
+            try:
+                obj = _loads(line)
+            except (ValueError, RecursionError):
+                obj = None
+            if not isinstance(obj, dict):
+                raise ChildProtocolError("the first line is not a JSON object")
+            if obj.get("end") is True:
+                self._end(obj)
+            elif obj.get("ok") is True:
+                self.columns = _columns(obj.get("columns"))
+            else:
+                raise ChildProtocolError("malformed header")
+        elif line.startswith(b"["):
+            self._row(line)
+        else:
+            try:
+                obj = _loads(line)
+            except (ValueError, RecursionError):
+                obj = None
+            if not isinstance(obj, dict) or obj.get("end") is not True:
+                raise ChildProtocolError("the trailer does not close the answer")
+            self._end(obj)
+
+    def _row(self, line: bytes) -> None:
+        assert self.columns is not None
+        number = self.row_count + 1
+        if number > self.max_rows:
+            raise ChildProtocolError(f"more than {self.max_rows} rows")
+        self._row_bytes += len(line) + 1
+        if self._row_bytes > self.max_bytes:
+            raise ChildProtocolError(f"more than {self.max_bytes} bytes")
+        try:
+            values = _loads(line)
+            if not isinstance(values, list):
+                raise ValueError("not an array")
+            out = _dumps(values)
+        except (ValueError, RecursionError):  # incl. UnicodeError: bad UTF-8, lone surrogates
+            raise ChildProtocolError(f"row {number} is not strict JSON") from None
+        if len(values) != len(self.columns):
+            raise ChildProtocolError(
+                f"row {number} has {len(values)} values, expected {len(self.columns)}"
+            )
+        self.spool.write(out + b"\n")
+        self.spool_bytes += len(out) + 1
+        self.row_count = number
+
+    def _end(self, obj: dict[str, Any]) -> None:
+        self.done = True
+        if obj.get("ok") is True and self.columns is not None:
+            count, truncated = obj.get("row_count"), obj.get("truncated")
+            if not isinstance(count, int) or not isinstance(truncated, bool):
+                raise ChildProtocolError("malformed trailer")
+            if count != self.row_count:
+                raise ChildProtocolError(
+                    f"the trailer counts {count} rows, {self.row_count} were sent"
+                )
+            self.truncated = truncated
+            return
+        kind, error = obj.get("kind"), obj.get("error")
+        if obj.get("ok") is not False or kind not in ("invalid", "timeout", "internal"):
+            raise ChildProtocolError("malformed trailer")
+        if not isinstance(error, str):
+            raise ChildProtocolError("malformed trailer")
+        debug = obj.get("debug")
+        self.failure = {
+            "kind": str(kind),
+            "error": error[:500],
+            "debug": debug[:2000] if isinstance(debug, str) else "",
+        }
+
+
+def _columns(value: Any) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise ChildProtocolError("malformed columns")
+    columns = []
+    for column in value:
+        if (
+            not isinstance(column, dict)
+            or set(column) != {"name", "type", "physical"}
+            or not all(isinstance(v, str) for v in column.values())
+            or column["type"] not in _KINDS
+        ):
+            raise ChildProtocolError("malformed columns")
+        columns.append(
+            {"name": column["name"], "type": column["type"], "physical": column["physical"]}
+        )
+    return columns
+
+
+@dataclass
+class SqlResult:
+    """A checked result, spooled: streamed as JSON or CSV, one row's objects at a time."""
+
+    columns: list[dict[str, str]]
+    row_count: int
+    truncated: bool
+    spool: IO[bytes]  # one strict-JSON array per line
+    spool_bytes: int
+
+    def iter_rows(self) -> Iterator[list[Any]]:
+        try:
+            self.spool.seek(0)
+            for line in self.spool:
+                yield json.loads(line)
+        finally:
+            self.close()
+
+    def _json_parts(self) -> tuple[bytes, bytes]:
+        head = b'{"columns":' + _dumps(self.columns) + b',"rows":['
+        tail = b'],"row_count":%d,"truncated":%s}' % (
+            self.row_count,
+            b"true" if self.truncated else b"false",
+        )
+        return head, tail
+
+    def json_length(self) -> int:
+        """The byte length of :meth:`json_chunks` (rows are joined by commas, not newlines)."""
+        head, tail = self._json_parts()
+        return len(head) + max(self.spool_bytes - 1, 0) + len(tail)
+
+    def json_chunks(self) -> Iterator[bytes]:
+        """``{"columns", "rows", "row_count", "truncated"}``, as the spooled rows are read."""
+        head, tail = self._json_parts()
+        try:
+            buf = bytearray(head)
+            self.spool.seek(0)
+            for i, line in enumerate(self.spool):
+                if i:
+                    buf += b","
+                buf += line[:-1]
+                if len(buf) >= _CHUNK:
+                    yield bytes(buf)
+                    buf.clear()
+            yield bytes(buf + tail)
+        finally:
+            self.close()
+
+    def csv_chunks(self) -> Iterator[bytes]:
+        """A header and one CSV record per row; formula-like text gets a leading ``'``."""
+        try:
+            buf = io.StringIO()
+            # "\r\n" as terminator makes the writer quote any field with a CR or LF in it;
+            # the records are then ended with "\n" as before.
+            writer = csv.writer(buf, lineterminator="\r\n")
+            out = bytearray(_csv_record(writer, buf, [csv_text(c["name"]) for c in self.columns]))
+            self.spool.seek(0)
+            for line in self.spool:
+                row = json.loads(line)
+                cells = ["" if v is None else csv_text(v) if isinstance(v, str) else v for v in row]
+                out += _csv_record(writer, buf, cells)
+                if len(out) >= _CHUNK:
+                    yield bytes(out)
+                    out.clear()
+            yield bytes(out)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.spool.close()
+
+
+def _csv_record(writer: Any, buf: io.StringIO, cells: list[Any]) -> bytes:
+    buf.seek(0)
+    buf.truncate()
+    writer.writerow(cells)
+    return buf.getvalue()[:-2].encode() + b"\n"
+
+
 def run_query(
     views: dict[str, Path],
     query: str,
     limits: SqlLimits | None = None,
     *,
     root: Path | None = None,
+    spool_dir: Path | None = None,
 ) -> SqlResult:
     """Run ``query`` over ``views`` (name → Parquet path) in a sandboxed subprocess.
 
     With ``root``, the process runs there and sees the paths relative to it, so
     ``duckdb_views()`` shows no server paths. (``duckdb_settings()`` still shows the absolute
-    paths of the caller's own files: DuckDB resolves ``allowed_paths``.)
+    paths of the caller's own files: DuckDB resolves ``allowed_paths``.) The checked rows are
+    spooled to an unlinked file in ``spool_dir`` (default: the system's temporary directory).
     """
     limits = limits or SqlLimits()
     if root is not None:
@@ -119,39 +382,135 @@ def run_query(
         "threads": limits.threads,
         "address_bytes": limits.address_bytes,
     }
+    spool = tempfile.TemporaryFile(dir=spool_dir)
     try:
-        proc = subprocess.run(
-            child_command("aiaas.data.sql_worker"),
-            input=json.dumps(request).encode(),
-            capture_output=True,
-            timeout=limits.timeout_s + 10,
-            env=child_env(),
-            cwd=str(root) if root is not None else "/",
-            check=False,
+        answer = ChildAnswer(max_rows=limits.max_rows, max_bytes=limits.max_bytes, spool=spool)
+        _run_child(answer, json.dumps(request).encode(), limits, root)
+        assert answer.columns is not None
+        return SqlResult(
+            columns=answer.columns,
+            row_count=answer.row_count,
+            truncated=answer.truncated,
+            spool=spool,
+            spool_bytes=answer.spool_bytes,
         )
-    except subprocess.TimeoutExpired:
-        raise InvalidInput(f"the query exceeded the time limit of {limits.timeout_s:g} s") from None
-    out = proc.stdout
-    newline = out.find(b"\n")
-    if proc.returncode != 0 or newline < 0:
-        reason = "was killed" if proc.returncode < 0 else "failed"
+    except BaseException:
+        spool.close()
+        raise
+
+
+def _run_child(answer: ChildAnswer, request: bytes, limits: SqlLimits, root: Path | None) -> None:
+    """Run the query process to its end, feeding its stdout to ``answer``; raise its failure."""
+    deadline = time.monotonic() + limits.timeout_s + 10
+    proc = subprocess.Popen(
+        child_command("aiaas.data.sql_worker"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=child_env(),
+        cwd=str(root) if root is not None else "/",
+    )
+    stderr = bytearray()
+    protocol: str | None = None
+    timed_out = False
+    try:
+        _pump(proc, request, answer, stderr, deadline)
+        proc.wait(max(0.1, deadline - time.monotonic()))  # stdout closed: it is exiting
+    except ChildProtocolError as exc:
+        protocol = str(exc)
+    except (TimeoutError, subprocess.TimeoutExpired):
+        timed_out = True
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+    if timed_out:
+        log.warning("sql_process_timeout", timeout_s=limits.timeout_s)
+        raise InvalidInput(f"the query exceeded the time limit of {limits.timeout_s:g} s")
+    rc = proc.returncode
+    tail = bytes(stderr[-_STDERR_TAIL:]).decode("utf-8", "replace")
+    if protocol is not None:
+        _internal("the query process sent a malformed answer", protocol, rc, tail)
+    if rc in (-signal.SIGKILL, -signal.SIGXCPU):  # RLIMIT_CPU, or the kernel's OOM killer
+        log.warning("sql_process_killed", signal=signal.Signals(-rc).name, stderr=tail)
         raise InvalidInput(
-            f"the query process {reason} (resource limit or internal error); "
+            "the query process was stopped at its CPU or memory limit; "
             "simplify the query or reduce its result"
         )
-    status = json.loads(out[:newline])
-    if not status.get("ok"):
-        raise InvalidInput(str(status.get("error", "query failed"))[:500])
-    table = pa.ipc.open_stream(out[newline + 1 :]).read_all()
-    columns = [
-        {"name": f.name, "type": arrow_kind(f.type), "physical": str(f.type)} for f in table.schema
-    ]
-    rows = [[json_value(v) for v in row.values()] for row in _rows(table)]
-    return SqlResult(columns=columns, rows=rows, truncated=bool(status.get("truncated")))
+    if rc < 0:
+        # A query that crashes DuckDB is still the caller's query: a 422 for them, and an
+        # error in our log (it is a bug of DuckDB or of the sandbox worth reporting).
+        name = signal.Signals(-rc).name if -rc in signal.valid_signals() else str(-rc)
+        log.error("sql_internal_error", message=f"crashed ({name})", returncode=rc, stderr=tail)
+        raise InvalidInput(
+            f"the query process crashed ({name}); it is logged. Simplify the query, and "
+            "report the request id if it persists"
+        )
+    if rc != 0:
+        _internal(f"the query process exited with status {rc}", "", rc, tail)
+    try:
+        answer.finish()
+    except ChildProtocolError as exc:
+        _internal("the query process sent a malformed answer", str(exc), rc, tail)
+    if answer.failure is not None:
+        failure = answer.failure
+        if failure["kind"] == "internal":
+            _internal(failure["error"], failure["debug"], rc, tail)
+        raise InvalidInput(failure["error"])
 
 
-def _rows(table: pa.Table) -> list[dict[str, Any]]:
-    # to_pylist keys by column name; duplicate names (SELECT a, a) would collapse, so rename.
-    names = [f"c{i}" for i in range(table.num_columns)]
-    result: list[dict[str, Any]] = table.rename_columns(names).to_pylist()
-    return result
+def _internal(message: str, debug: str, returncode: int, stderr: str) -> None:
+    log.error(
+        "sql_internal_error", message=message, debug=debug, returncode=returncode, stderr=stderr
+    )
+    raise AiaasError(
+        f"internal error of the SQL sandbox: {message}. "
+        "It is logged; report the request id if it persists."
+    )
+
+
+def _pump(
+    proc: subprocess.Popen[bytes],
+    request: bytes,
+    answer: ChildAnswer,
+    stderr: bytearray,
+    deadline: float,
+) -> None:
+    """Write the request, read stdout into ``answer`` and a bounded stderr tail, until EOF."""
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    pending = memoryview(request)
+    with selectors.DefaultSelector() as sel:
+        os.set_blocking(proc.stdin.fileno(), False)
+        sel.register(proc.stdin, selectors.EVENT_WRITE)
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        sel.register(proc.stderr, selectors.EVENT_READ)
+        while sel.get_map():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            for key, _ in sel.select(remaining):
+                pipe = key.fileobj
+                assert not isinstance(pipe, int)
+                if pipe is proc.stdin:
+                    try:
+                        pending = pending[os.write(proc.stdin.fileno(), pending[:_CHUNK]) :]
+                    except BrokenPipeError:  # it died early: its exit status says why
+                        pending = pending[:0]
+                    if not pending:
+                        sel.unregister(pipe)
+                        proc.stdin.close()
+                    continue
+                data = os.read(pipe.fileno(), _CHUNK)
+                if not data:
+                    sel.unregister(pipe)
+                elif pipe is proc.stdout:
+                    answer.feed(data)
+                else:
+                    stderr += data
+                    if len(stderr) > 2 * _STDERR_TAIL:
+                        del stderr[:-_STDERR_TAIL]

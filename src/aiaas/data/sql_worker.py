@@ -1,14 +1,27 @@
 """The SQL sandbox's query process: ``python -B -m aiaas.data.sql_worker``.
 
-Reads one JSON request on stdin, runs one read-only query and writes a JSON status line to
-stdout followed (on success) by the result as an Arrow IPC stream. Before it parses any SQL
-it limits itself: CPU seconds, address space, no file writes (``RLIMIT_FSIZE=0``, with
-SIGXFSZ ignored so a write fails instead of killing us), few open files. The DuckDB
-connection is the locked one from :func:`aiaas.data.duck.connect`, allowed to read exactly
-the caller's Parquet files; only a single SELECT statement is accepted; a watchdog thread
-interrupts the query at the time limit (DuckDB's own ``max_execution_time`` is also set), and
-the parent kills the process if even that fails. One process per query: nothing survives
-between organizations.
+Reads one JSON request on stdin, runs one read-only query and answers on stdout in JSON
+lines (the parent checks every line, see :class:`aiaas.data.sql.ChildAnswer`)::
+
+    {"ok": true, "columns": [{"name", "type", "physical"}, ...]}     the header
+    [value, ...]                                                      one line per row
+    {"end": true, "ok": true, "truncated": false, "row_count": 2}     the trailer
+
+or, at any point, ``{"end": true, "ok": false, "kind": "invalid" | "timeout" | "internal",
+"error": "...", "debug"?: "..."}``. Rows are strict JSON with :func:`aiaas.data.sql.json_value`
+semantics, serialized here — so the API process never builds a table's Python objects — and
+the result is capped here by ``max_rows`` and by ``max_bytes`` of serialized rows (each
+row's line, its line break included): Arrow buffer sizes say nothing about the JSON (a list
+of a million NULLs has none). Rows are converted a slice at a time (one row at a time when a
+column is nested), so this process's memory is bounded by the result cap too.
+
+Before it parses any SQL it limits itself: CPU seconds, address space, no file writes
+(``RLIMIT_FSIZE=0``, with SIGXFSZ ignored so a write fails instead of killing us), few open
+files. The DuckDB connection is the locked one from :func:`aiaas.data.duck.connect`, allowed
+to read exactly the caller's Parquet files; only a single SELECT statement is accepted; a
+watchdog thread interrupts the query at the time limit (DuckDB's own ``max_execution_time``
+is also set), and the parent kills the process if even that fails. One process per query:
+nothing survives between organizations.
 """
 
 from __future__ import annotations
@@ -19,7 +32,8 @@ import resource
 import signal
 import sys
 import threading
-from typing import Any
+from collections.abc import Iterator
+from typing import IO, Any
 
 
 def _limit(cpu_s: int, address_bytes: int) -> None:
@@ -31,21 +45,70 @@ def _limit(cpu_s: int, address_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def _fail(message: str, kind: str = "invalid") -> None:
-    sys.stdout.buffer.write(json.dumps({"ok": False, "kind": kind, "error": message}).encode())
-    sys.stdout.buffer.write(b"\n")
+def _line(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _fail(message: str, kind: str = "invalid", debug: str | None = None) -> None:
+    answer: dict[str, Any] = {"end": True, "ok": False, "kind": kind, "error": message}
+    if debug:
+        answer["debug"] = debug[-2000:]
+    sys.stdout.buffer.write(_line(answer) + b"\n")
     sys.stdout.buffer.flush()
 
 
+def _slices(batch: Any) -> Iterator[Any]:
+    """The batch in slices whose Python objects stay small (one row if a column is nested)."""
+    import pyarrow as pa
+
+    n = batch.num_rows
+    if n == 0:
+        return
+    if any(pa.types.is_nested(field.type) for field in batch.schema):
+        step = 1  # a list's length is not in its Arrow size (list_resize([], 10**6) → offsets)
+    else:
+        per_row = max(1, batch.nbytes // n)
+        step = max(1, min(1024, 65536 // max(1, batch.num_columns), (8 << 20) // per_row))
+    for start in range(0, n, step):
+        yield batch.slice(start, step)
+
+
+def _write_rows(
+    reader: Any, out: IO[bytes], *, max_rows: int, max_bytes: int, timed_out: threading.Event
+) -> tuple[int, bool]:
+    """Serialize rows to ``out`` until the reader ends or a cap is hit: (rows, truncated)."""
+    from aiaas.data.sql import json_value
+
+    rows = used = 0
+    for batch in reader:
+        for part in _slices(batch):
+            if timed_out.is_set():
+                raise TimeoutError
+            columns = [column.to_pylist() for column in part.columns]
+            for values in zip(*columns, strict=True):
+                if rows >= max_rows:
+                    return rows, True
+                line = _line([json_value(v) for v in values])
+                if used + len(line) + 1 > max_bytes:
+                    return rows, True
+                out.write(line + b"\n")
+                used += len(line) + 1
+                rows += 1
+    return rows, False
+
+
 def main() -> int:
+    from aiaas.data.child import die_with_parent
+
+    die_with_parent()  # never outlive the API process
     request: dict[str, Any] = json.loads(sys.stdin.buffer.read())
     timeout_s = float(request["timeout_s"])
     threads = int(request["threads"])
     _limit(int(timeout_s * threads) + 5, int(request.get("address_bytes") or 0))
 
     import duckdb
-    import pyarrow as pa
 
+    from aiaas.data import landlock
     from aiaas.data.duck import (
         SandboxMisconfigured,
         clean_error,
@@ -54,15 +117,14 @@ def main() -> int:
         qstr,
         verify_locked,
     )
+    from aiaas.data.sql import HEADER_MAX_BYTES, arrow_kind
 
     views: dict[str, str] = request["views"]
-    from aiaas.data import landlock
-
     try:  # no file but the caller's Parquet files and the Python installation, no TCP
         files = [os.path.abspath(path) for path in views.values()]
         landlock.restrict([*landlock.runtime_paths(), *files], ["/dev/null"])
     except OSError as exc:  # pragma: no cover - a kernel that has Landlock but refuses it
-        _fail(f"sandbox setup failed: {exc}", "internal")
+        _fail("sandbox setup failed", "internal", clean_error(exc))
         return 0
     try:
         con = connect(
@@ -73,7 +135,7 @@ def main() -> int:
         )
         verify_locked(con, sorted(set(views.values())))
     except (duckdb.Error, SandboxMisconfigured) as exc:  # pragma: no cover - a platform bug
-        _fail(f"sandbox setup failed: {clean_error(exc)}", "internal")
+        _fail("sandbox setup failed", "internal", clean_error(exc))
         return 0
     query: str = request["query"]
     try:
@@ -89,7 +151,11 @@ def main() -> int:
         _fail(f"only SELECT queries are allowed (got {kind.name})")
         return 0
     for name, path in views.items():
-        con.execute(f"CREATE VIEW {qident(name)} AS SELECT * FROM read_parquet({qstr(path)})")
+        try:
+            con.execute(f"CREATE VIEW {qident(name)} AS SELECT * FROM read_parquet({qstr(path)})")
+        except duckdb.Error as exc:  # a missing or damaged stored file: ours, not the caller's
+            _fail(f"the view {qident(name)} could not be created", "internal", clean_error(exc))
+            return 0
 
     done = threading.Event()
     timed_out = threading.Event()
@@ -100,43 +166,48 @@ def main() -> int:
             con.interrupt()
 
     threading.Thread(target=watchdog, daemon=True).start()
-    max_rows = int(request["max_rows"])
-    max_bytes = int(request["max_bytes"])
+    out = sys.stdout.buffer
     try:
         reader = con.sql(query).to_arrow_reader(2048)
         assert reader is not None
-        batches = []
-        rows = nbytes = 0
-        truncated = False
-        for batch in reader:
-            if rows + batch.num_rows > max_rows or nbytes + batch.nbytes > max_bytes:
-                room = max_rows - rows
-                if batch.nbytes and nbytes + batch.nbytes > max_bytes:
-                    room = min(room, int(batch.num_rows * (max_bytes - nbytes) / batch.nbytes))
-                batches.append(batch.slice(0, max(room, 0)))
-                truncated = True
-                break
-            batches.append(batch)
-            rows += batch.num_rows
-            nbytes += batch.nbytes
-        schema = reader.schema
+        columns = [
+            {"name": f.name, "type": arrow_kind(f.type), "physical": str(f.type)}
+            for f in reader.schema
+        ]
+        header = _line({"ok": True, "columns": columns})
+        if len(header) > HEADER_MAX_BYTES:
+            _fail(f"the result's column list is larger than {HEADER_MAX_BYTES} bytes")
+            return 0
+        out.write(header + b"\n")
+        rows, truncated = _write_rows(
+            reader,
+            out,
+            max_rows=int(request["max_rows"]),
+            max_bytes=int(request["max_bytes"]),
+            timed_out=timed_out,
+        )
         reader.close()
-    except duckdb.Error as exc:
-        done.set()
+    except (duckdb.Error, OSError, TimeoutError) as exc:  # DuckDB's errors reach pyarrow's
+        done.set()  # reader as OSError ("Out of Memory Error: ...")
         if timed_out.is_set() or "execution time" in str(exc).lower():
             _fail(f"the query exceeded the time limit of {timeout_s:g} s", "timeout")
         else:
             _fail(clean_error(exc))
         return 0
+    except MemoryError:
+        done.set()
+        _fail("the result does not fit in the query process's memory; reduce it")
+        return 0
     done.set()
-    out = sys.stdout.buffer
-    out.write(json.dumps({"ok": True, "truncated": truncated}).encode() + b"\n")
-    with pa.ipc.new_stream(out, schema) as writer:
-        for batch in batches:
-            writer.write_batch(batch)
+    out.write(_line({"end": True, "ok": True, "truncated": truncated, "row_count": rows}) + b"\n")
     out.flush()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    sys.stdout.flush()
+    # The answer is complete: skip interpreter teardown. There, a thread that wants the GIL
+    # is ended with pthread_exit, and its forced unwind through C++ frames (DuckDB) can
+    # abort the process — SIGABRT, "FATAL: exception not rethrown" — after a correct answer.
+    os._exit(status)
