@@ -89,6 +89,10 @@ def test_removed_members_keys_stop_working_at_once(client, tenants):
     listed = _listed(client, a.headers("owner"))
     assert listed[minted["id"]]["revoked_at"] is not None
     assert listed[child["id"]]["revoked_at"] is not None
+    assert (listed[minted["id"]]["effective_role"], listed[child["id"]]["effective_role"]) == (
+        None,
+        None,
+    )
     assert listed[a.key_ids["admin"]]["revoked_at"] is None  # service keys are untouched
 
 
@@ -105,9 +109,12 @@ def test_demoted_members_keys_never_act_above_the_new_role(client, tenants):
     assert client.get(ME, headers=key).json()["role"] == "viewer"
     listed = _listed(client, a.headers("owner"))
     assert listed[minted["id"]]["role"] == "admin"  # the key keeps its role; it acts at min()
+    assert listed[minted["id"]]["effective_role"] == "viewer"
+    assert listed[a.key_ids["admin"]]["effective_role"] == "admin"  # a service key: its own
 
     assert client.patch(url, headers=a.headers("owner"), json={"role": "admin"}).status_code == 200
     assert client.get(ME, headers=key).json()["role"] == "admin"
+    assert _listed(client, a.headers("owner"))[minted["id"]]["effective_role"] == "admin"
 
 
 def test_other_replicas_compute_the_owners_role_from_the_database(client, tenants, settings):

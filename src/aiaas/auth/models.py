@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import JSON, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from aiaas.auth.permissions import Role
 from aiaas.db.base import Base, UTCDateTime, new_id, utcnow
 
 
@@ -81,9 +82,27 @@ class ApiKey(Base):
         lazy="joined",
     )
 
+    owner_membership: Mapped[Membership | None] = relationship(
+        primaryjoin="and_(Membership.user_id == foreign(ApiKey.owner_user_id), "
+        "Membership.org_id == foreign(ApiKey.org_id))",
+        viewonly=True,
+        lazy="joined",
+    )
+
     @property
     def owner_email(self) -> str | None:
         return self.owner.email if self.owner is not None else None
+
+    @property
+    def effective_role(self) -> str | None:
+        """The role the key acts with now: the lower of its own and its owner's; None when
+        its owner is no longer an active member (the key authenticates nothing)."""
+        if self.owner_user_id is None:
+            return self.role
+        if self.owner is None or not self.owner.is_active or self.owner_membership is None:
+            return None
+        own, owner = Role(self.role), Role(self.owner_membership.role)
+        return (own if own.rank <= owner.rank else owner).value
 
 
 class RefreshToken(Base):

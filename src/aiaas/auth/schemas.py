@@ -89,6 +89,10 @@ class ApiKeyRead(BaseModel):
         description="The member the key acts for; null: the organization's (a service key)."
     )
     owner_email: str | None = Field(description="The owner's e-mail, while they are a member.")
+    effective_role: Role | None = Field(
+        description="The role the key acts with now (the lower of its own and its owner's); "
+        "null when its owner is no longer a member and the key authenticates nothing."
+    )
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
