@@ -379,7 +379,7 @@ def test_ingest_slots_bound_concurrency(settings):
 
 
 def test_child_processes_get_none_of_the_api_secrets(monkeypatch):
-    from aiaas.data.child import child_command, child_env
+    from aiaas.sandbox.runner import child_command, child_env
 
     monkeypatch.setenv("AIAAS_AUTH__SECRET_KEY", "canary-secret-key")
     monkeypatch.setenv("AIAAS_DATABASE_URL", "postgresql://u:canary-pw@db/x")
@@ -392,8 +392,7 @@ def test_child_processes_get_none_of_the_api_secrets(monkeypatch):
 
 
 def test_ingest_process_reports_an_unexpected_error_instead_of_dying(tmp_path):
-    import subprocess
-    import sys
+    from aiaas.sandbox import ChildLimits, ChildPaths, last_json_line, run_child
 
     src = tmp_path / "upload"
     src.write_bytes(b"a,b\n1,2\n")
@@ -403,28 +402,30 @@ def test_ingest_process_reports_an_unexpected_error_instead_of_dying(tmp_path):
         "filename": "x.csv",
         "options": {"format": "csv", "not_an_option": 1},  # IngestOptions refuses it
         "limits": {},
-        "address_bytes": 0,
-        "cpu_s": 60,
-        "max_file_bytes": 10**9,
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "aiaas.data.ingest_worker"],
-        input=json.dumps(request).encode(),
-        capture_output=True,
-        check=False,
-        timeout=60,
+    limits = ChildLimits(
+        timeout_s=60,
+        cpu_s=60,
+        address_bytes=0,
+        max_file_bytes=10**9,
+        max_output_bytes=1 << 20,
+        open_files=256,
     )
-    assert done.returncode == 0
-    reply = json.loads(done.stdout.strip().splitlines()[-1])
+    run = run_child(
+        "aiaas.data.ingest_worker", request, limits, ChildPaths(cwd=tmp_path, write=(tmp_path,))
+    )
+    assert (run.returncode, run.timed_out, run.overflow) == (0, False, False)
+    reply = last_json_line(run.output)
+    assert reply is not None
     assert reply["ok"] is False
     assert reply["internal"] is True
     assert reply["error"] == "InvalidInput"
-    assert b"TypeError" in done.stderr  # the traceback goes to the parent's log
+    assert "TypeError" in run.stderr  # the traceback goes to the parent's log
 
 
 HOSTILE_CHILD = r"""
 import json, os, sys
-request = json.loads(sys.stdin.read())
+request = json.loads(sys.stdin.read())["request"]  # the sandbox's envelope
 work, mode = request["work_dir"], sys.argv[1]
 ok = {"ok": True, "result": {"parquet_path": "/etc/passwd", "row_count": 1,
       "columns": [["a", "BIGINT"]], "source_format": "csv", "compression": None,
@@ -457,6 +458,7 @@ def test_a_compromised_ingest_process_cannot_hand_back_other_files(tmp_path, mon
     from aiaas.data import ingest_worker
     from aiaas.data.ingest import IngestLimits, IngestOptions
     from aiaas.errors import InvalidInput
+    from aiaas.sandbox import runner
 
     script = tmp_path / "hostile_child.py"
     script.write_text(HOSTILE_CHILD)
@@ -467,7 +469,7 @@ def test_a_compromised_ingest_process_cannot_hand_back_other_files(tmp_path, mon
     src = work / "upload"
     src.write_bytes(b"a\n1\n")
     monkeypatch.setattr(
-        ingest_worker,
+        runner,
         "child_command",
         lambda _module: [sys.executable, str(script), mode, str(secret)],
     )

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from aiaas.data import landlock
+from aiaas.sandbox import landlock
 
 pytestmark = pytest.mark.skipif(
     landlock.abi_version() == 0, reason="this kernel has no Landlock (Linux >= 5.13)"
@@ -18,9 +18,10 @@ pytestmark = pytest.mark.skipif(
 PROBE = r"""
 import json, os, socket, sys
 from pathlib import Path
-from aiaas.data.ingest_worker import _sandbox
+from aiaas.sandbox import landlock
 work, outside = Path(sys.argv[1]), Path(sys.argv[2])
-abi = _sandbox(work)
+# what aiaas.sandbox.child.start applies for ChildPaths(write=(work,)), as the ingest uses
+abi = landlock.restrict(landlock.runtime_paths(), [work, "/dev/null"])
 result = {"abi": abi}
 def attempt(name, fn):
     try:

@@ -26,25 +26,20 @@ import csv
 import io
 import json
 import math
-import os
-import selectors
-import signal
-import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
 from decimal import Decimal
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 import pyarrow as pa
 import structlog
 
-from aiaas.data.child import child_command, child_env
 from aiaas.errors import AiaasError, InvalidInput
+from aiaas.sandbox import ChildLimits, ChildPaths, run_child
 
 log = structlog.get_logger()
 
@@ -380,12 +375,11 @@ def run_query(
         "max_bytes": limits.max_bytes,
         "memory_limit": limits.memory_limit,
         "threads": limits.threads,
-        "address_bytes": limits.address_bytes,
     }
     spool = tempfile.TemporaryFile(dir=spool_dir)
     try:
         answer = ChildAnswer(max_rows=limits.max_rows, max_bytes=limits.max_bytes, spool=spool)
-        _run_child(answer, json.dumps(request).encode(), limits, root)
+        _run_child(answer, request, limits, root)
         assert answer.columns is not None
         return SqlResult(
             columns=answer.columns,
@@ -399,43 +393,36 @@ def run_query(
         raise
 
 
-def _run_child(answer: ChildAnswer, request: bytes, limits: SqlLimits, root: Path | None) -> None:
+def _run_child(
+    answer: ChildAnswer, request: dict[str, Any], limits: SqlLimits, root: Path | None
+) -> None:
     """Run the query process to its end, feeding its stdout to ``answer``; raise its failure."""
-    deadline = time.monotonic() + limits.timeout_s + 10
-    proc = subprocess.Popen(
-        child_command("aiaas.data.sql_worker"),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=child_env(),
-        cwd=str(root) if root is not None else "/",
-    )
-    stderr = bytearray()
-    protocol: str | None = None
-    timed_out = False
+    views = request["views"].values()
+    base = root if root is not None else Path("/")
     try:
-        _pump(proc, request, answer, stderr, deadline)
-        proc.wait(max(0.1, deadline - time.monotonic()))  # stdout closed: it is exiting
+        run = run_child(
+            "aiaas.data.sql_worker",
+            request,
+            ChildLimits(
+                timeout_s=limits.timeout_s + 10,  # the worker's own watchdog stops it first
+                cpu_s=int(limits.timeout_s * limits.threads) + 5,
+                address_bytes=limits.address_bytes,
+                max_file_bytes=0,  # it writes no file
+                max_output_bytes=answer.limit + 1,  # the answer refuses more first
+                open_files=1024,
+            ),
+            # no file but the caller's Parquet files and the Python installation, no TCP
+            ChildPaths(cwd=base, read=tuple(base / v for v in views)),
+            on_output=answer.feed,
+        )
     except ChildProtocolError as exc:
-        protocol = str(exc)
-    except (TimeoutError, subprocess.TimeoutExpired):
-        timed_out = True
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        for pipe in (proc.stdin, proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
-    if timed_out:
+        _internal("the query process sent a malformed answer", str(exc), None, "")
+    if run.timed_out:
         log.warning("sql_process_timeout", timeout_s=limits.timeout_s)
         raise InvalidInput(f"the query exceeded the time limit of {limits.timeout_s:g} s")
-    rc = proc.returncode
-    tail = bytes(stderr[-_STDERR_TAIL:]).decode("utf-8", "replace")
-    if protocol is not None:
-        _internal("the query process sent a malformed answer", protocol, rc, tail)
-    if rc in (-signal.SIGKILL, -signal.SIGXCPU):  # RLIMIT_CPU, or the kernel's OOM killer
-        log.warning("sql_process_killed", signal=signal.Signals(-rc).name, stderr=tail)
+    rc, tail = run.returncode, run.stderr
+    if run.killed_at_limit:  # RLIMIT_CPU, or the kernel's OOM killer
+        log.warning("sql_process_killed", signal=run.signal, stderr=tail)
         raise InvalidInput(
             "the query process was stopped at its CPU or memory limit; "
             "simplify the query or reduce its result"
@@ -443,10 +430,11 @@ def _run_child(answer: ChildAnswer, request: bytes, limits: SqlLimits, root: Pat
     if rc < 0:
         # A query that crashes DuckDB is still the caller's query: a 422 for them, and an
         # error in our log (it is a bug of DuckDB or of the sandbox worth reporting).
-        name = signal.Signals(-rc).name if -rc in signal.valid_signals() else str(-rc)
-        log.error("sql_internal_error", message=f"crashed ({name})", returncode=rc, stderr=tail)
+        log.error(
+            "sql_internal_error", message=f"crashed ({run.signal})", returncode=rc, stderr=tail
+        )
         raise InvalidInput(
-            f"the query process crashed ({name}); it is logged. Simplify the query, and "
+            f"the query process crashed ({run.signal}); it is logged. Simplify the query, and "
             "report the request id if it persists"
         )
     if rc != 0:
@@ -462,7 +450,7 @@ def _run_child(answer: ChildAnswer, request: bytes, limits: SqlLimits, root: Pat
         raise InvalidInput(failure["error"])
 
 
-def _internal(message: str, debug: str, returncode: int, stderr: str) -> None:
+def _internal(message: str, debug: str, returncode: int | None, stderr: str) -> NoReturn:
     log.error(
         "sql_internal_error", message=message, debug=debug, returncode=returncode, stderr=stderr
     )
@@ -470,47 +458,3 @@ def _internal(message: str, debug: str, returncode: int, stderr: str) -> None:
         f"internal error of the SQL sandbox: {message}. "
         "It is logged; report the request id if it persists."
     )
-
-
-def _pump(
-    proc: subprocess.Popen[bytes],
-    request: bytes,
-    answer: ChildAnswer,
-    stderr: bytearray,
-    deadline: float,
-) -> None:
-    """Write the request, read stdout into ``answer`` and a bounded stderr tail, until EOF."""
-    assert proc.stdin is not None
-    assert proc.stdout is not None
-    assert proc.stderr is not None
-    pending = memoryview(request)
-    with selectors.DefaultSelector() as sel:
-        os.set_blocking(proc.stdin.fileno(), False)
-        sel.register(proc.stdin, selectors.EVENT_WRITE)
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        sel.register(proc.stderr, selectors.EVENT_READ)
-        while sel.get_map():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError
-            for key, _ in sel.select(remaining):
-                pipe = key.fileobj
-                assert not isinstance(pipe, int)
-                if pipe is proc.stdin:
-                    try:
-                        pending = pending[os.write(proc.stdin.fileno(), pending[:_CHUNK]) :]
-                    except BrokenPipeError:  # it died early: its exit status says why
-                        pending = pending[:0]
-                    if not pending:
-                        sel.unregister(pipe)
-                        proc.stdin.close()
-                    continue
-                data = os.read(pipe.fileno(), _CHUNK)
-                if not data:
-                    sel.unregister(pipe)
-                elif pipe is proc.stdout:
-                    answer.feed(data)
-                else:
-                    stderr += data
-                    if len(stderr) > 2 * _STDERR_TAIL:
-                        del stderr[:-_STDERR_TAIL]

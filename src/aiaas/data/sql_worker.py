@@ -15,9 +15,10 @@ row's line, its line break included): Arrow buffer sizes say nothing about the J
 of a million NULLs has none). Rows are converted a slice at a time (one row at a time when a
 column is nested), so this process's memory is bounded by the result cap too.
 
-Before it parses any SQL it limits itself: CPU seconds, address space, no file writes
-(``RLIMIT_FSIZE=0``, with SIGXFSZ ignored so a write fails instead of killing us), few open
-files. The DuckDB connection is the locked one from :func:`aiaas.data.duck.connect`, allowed
+Before it parses any SQL it limits and confines itself (:func:`aiaas.sandbox.child.start`):
+CPU seconds, address space, no file writes (``RLIMIT_FSIZE=0``), few open files; Landlock
+lets it read only the caller's Parquet files and the Python installation. The DuckDB
+connection is the locked one from :func:`aiaas.data.duck.connect`, allowed
 to read exactly the caller's Parquet files; only a single SELECT statement is accepted; a
 watchdog thread interrupts the query at the time limit (DuckDB's own ``max_execution_time``
 is also set), and the parent kills the process if even that fails. One process per query:
@@ -28,21 +29,10 @@ from __future__ import annotations
 
 import json
 import os
-import resource
-import signal
 import sys
 import threading
 from collections.abc import Iterator
 from typing import IO, Any
-
-
-def _limit(cpu_s: int, address_bytes: int) -> None:
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 2))
-    if address_bytes:
-        resource.setrlimit(resource.RLIMIT_AS, (address_bytes, address_bytes))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 def _line(obj: Any) -> bytes:
@@ -98,17 +88,18 @@ def _write_rows(
 
 
 def main() -> int:
-    from aiaas.data.child import die_with_parent
+    from aiaas.sandbox import child
 
-    die_with_parent()  # never outlive the API process
-    request: dict[str, Any] = json.loads(sys.stdin.buffer.read())
+    try:  # dies with the API process; CPU, memory, no file writes; reads only the views
+        request = child.start().request
+    except OSError as exc:  # pragma: no cover - a kernel that has Landlock but refuses it
+        _fail("sandbox setup failed", "internal", str(exc))
+        return 0
     timeout_s = float(request["timeout_s"])
     threads = int(request["threads"])
-    _limit(int(timeout_s * threads) + 5, int(request.get("address_bytes") or 0))
 
     import duckdb
 
-    from aiaas.data import landlock
     from aiaas.data.duck import (
         SandboxMisconfigured,
         clean_error,
@@ -120,12 +111,6 @@ def main() -> int:
     from aiaas.data.sql import HEADER_MAX_BYTES, arrow_kind
 
     views: dict[str, str] = request["views"]
-    try:  # no file but the caller's Parquet files and the Python installation, no TCP
-        files = [os.path.abspath(path) for path in views.values()]
-        landlock.restrict([*landlock.runtime_paths(), *files], ["/dev/null"])
-    except OSError as exc:  # pragma: no cover - a kernel that has Landlock but refuses it
-        _fail("sandbox setup failed", "internal", clean_error(exc))
-        return 0
     try:
         con = connect(
             allowed_paths=sorted(set(views.values())),

@@ -1,6 +1,7 @@
 """Landlock (Linux ≥ 5.13): let a process give up the filesystem beyond a few paths.
 
-Used by the ingest process before it reads an upload: it keeps read access to the Python
+Applied by every sandboxed child (:mod:`aiaas.sandbox.child`) before it touches untrusted
+input; the ingest process, for example, keeps read access to the Python
 installation and system libraries, read-write access to its scratch directory, and nothing
 else — not the artifact store of any organization, not ``/proc`` of the API process (whose
 environment holds secrets), no TCP (ABI ≥ 4), no signals or abstract sockets outside itself
