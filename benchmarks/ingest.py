@@ -86,9 +86,11 @@ CHILD_PROFILE = """
 import json, resource, sys, time
 from pathlib import Path
 import sklearn.ensemble  # imported once per server process; not part of a profile's cost
+from aiaas.data.limits import profile_limits
 from aiaas.data.profile import profile_parquet
+from aiaas.settings import Settings
 t = time.perf_counter()
-report = profile_parquet(Path(sys.argv[1]))
+report = profile_parquet(Path(sys.argv[1]), profile_limits(Settings()))
 dt = time.perf_counter() - t
 print(json.dumps({"seconds": dt, "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                   "rows": report["row_count"]}))

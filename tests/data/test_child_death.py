@@ -24,16 +24,20 @@ pytestmark = pytest.mark.skipif(
 
 PARENT = r"""
 import sys, threading
+from dataclasses import replace
 from pathlib import Path
 from aiaas.data import ingest_worker
-from aiaas.data.ingest import IngestLimits, IngestOptions
+from aiaas.data.ingest import IngestOptions
+from aiaas.data.limits import ingest_isolation, ingest_limits
+from aiaas.settings import Settings
 
 work = Path(sys.argv[1])
 
 def convert():  # like a request's worker thread: it waits for its ingest process
     ingest_worker.convert_isolated(
         work / "upload", work, filename="big.csv", options=IngestOptions(),
-        limits=IngestLimits(), isolation=ingest_worker.Isolation(timeout_s=600),
+        limits=ingest_limits(Settings()),
+        isolation=replace(ingest_isolation(Settings()), timeout_s=600),
     )
 
 thread = threading.Thread(target=convert, name="worker")

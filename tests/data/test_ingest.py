@@ -225,9 +225,13 @@ def test_ingest_process_timeout_is_a_clean_4xx(client, tenants, upload, settings
 
 def test_ingest_process_file_size_limit(tmp_path):
     """RLIMIT_FSIZE in the ingest process: a write past it fails (EFBIG), it is not killed."""
-    from aiaas.data.ingest import IngestLimits, IngestOptions
-    from aiaas.data.ingest_worker import Isolation, convert_isolated
+    from dataclasses import replace
+
+    from aiaas.data.ingest import IngestOptions
+    from aiaas.data.ingest_worker import convert_isolated
+    from aiaas.data.limits import ingest_isolation, ingest_limits
     from aiaas.errors import PayloadTooLarge
+    from aiaas.settings import Settings
 
     src = tmp_path / "upload"
     with gzip.open(src, "wb") as gz:
@@ -239,16 +243,16 @@ def test_ingest_process_file_size_limit(tmp_path):
             tmp_path,
             filename="x.csv.gz",
             options=IngestOptions(),
-            limits=IngestLimits(),
-            isolation=Isolation(timeout_s=60, max_file_bytes=100_000),
+            limits=ingest_limits(Settings()),
+            isolation=replace(ingest_isolation(Settings()), timeout_s=60, max_file_bytes=100_000),
         )
     converted = convert_isolated(
         src,
         tmp_path,
         filename="x.csv.gz",
         options=IngestOptions(header=False),
-        limits=IngestLimits(),
-        isolation=Isolation(timeout_s=60),
+        limits=ingest_limits(Settings()),
+        isolation=replace(ingest_isolation(Settings()), timeout_s=60),
     )
     assert converted.result.row_count == 20_000
     assert converted.peak_rss > 0
@@ -454,11 +458,14 @@ def test_a_compromised_ingest_process_cannot_hand_back_other_files(tmp_path, mon
     the output path it chose, as a fresh regular file, reads a bounded reply, and maps error
     classes through an allow-list."""
     import sys
+    from dataclasses import replace
 
     from aiaas.data import ingest_worker
-    from aiaas.data.ingest import IngestLimits, IngestOptions
+    from aiaas.data.ingest import IngestOptions
+    from aiaas.data.limits import ingest_isolation, ingest_limits
     from aiaas.errors import InvalidInput
     from aiaas.sandbox import runner
+    from aiaas.settings import Settings
 
     script = tmp_path / "hostile_child.py"
     script.write_text(HOSTILE_CHILD)
@@ -480,8 +487,8 @@ def test_a_compromised_ingest_process_cannot_hand_back_other_files(tmp_path, mon
             work,
             filename="a.csv",
             options=IngestOptions(),
-            limits=IngestLimits(),
-            isolation=ingest_worker.Isolation(timeout_s=60),
+            limits=ingest_limits(Settings()),
+            isolation=replace(ingest_isolation(Settings()), timeout_s=60),
         )
 
     if mode == "honest":  # the reply's own path and extra fields are ignored

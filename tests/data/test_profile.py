@@ -4,14 +4,20 @@ and the done-when check: every shared dataset uploads with the right schema and 
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from aiaas.data.ingest import convert_to_parquet
-from aiaas.data.profile import ProfileLimits, profile_parquet
+from aiaas.data.limits import ingest_limits, profile_limits
+from aiaas.data.profile import profile_parquet
+from aiaas.settings import Settings
 from tests.data.conftest import MOVIELENS, PMLB
+
+INGEST = ingest_limits(Settings())
+PROFILE = profile_limits(Settings())
 
 PMLB_ROWS = {
     "adult": 48842,
@@ -30,10 +36,10 @@ pytestmark = pytest.mark.skipif(not PMLB.exists(), reason="../shared/datasets no
 def test_pmlb_profile_matches_pandas(tmp_path, name):
     src = tmp_path / "upload"
     shutil.copyfile(PMLB / f"{name}.tsv.gz", src)
-    result = convert_to_parquet(src, tmp_path, filename=f"{name}.tsv.gz")
+    result = convert_to_parquet(src, tmp_path, filename=f"{name}.tsv.gz", limits=INGEST)
     assert result.row_count == PMLB_ROWS[name]
     assert result.compression == "gzip"
-    report = profile_parquet(result.parquet_path, ProfileLimits(threads=1))
+    report = profile_parquet(result.parquet_path, replace(PROFILE, threads=1))
     df = pd.read_csv(PMLB / f"{name}.tsv.gz", sep="\t")
     assert report["row_count"] == len(df)
     assert [c["name"] for c in report["columns"]] == list(df.columns)
@@ -108,9 +114,12 @@ def test_text_findings_and_pii_in_profile(tmp_path):
     src = tmp_path / "upload"
     src.write_text("\n".join(rows) + "\n")
     result = convert_to_parquet(
-        src, tmp_path, options=__import__("aiaas.data.ingest", fromlist=["x"]).IngestOptions()
+        src,
+        tmp_path,
+        options=__import__("aiaas.data.ingest", fromlist=["x"]).IngestOptions(),
+        limits=INGEST,
     )
-    report = profile_parquet(result.parquet_path)
+    report = profile_parquet(result.parquet_path, PROFILE)
     cols = {c["name"]: c for c in report["columns"]}
     kinds = {(f["column"], f["kind"]) for f in report["findings"]}
     assert ("id", "id_like") in kinds

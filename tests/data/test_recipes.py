@@ -14,8 +14,13 @@ from sklearn.decomposition import PCA
 from aiaas.data.pii import hmac_hex
 from aiaas.data.recipes import Recipe, RecipeContext, apply_recipe
 from aiaas.errors import InvalidInput
+from aiaas.settings import Settings
 
 KEY = b"k" * 32
+_DATA = Settings().data  # the engine limits an operator gets by default
+CONTEXT = RecipeContext(
+    hash_key=KEY, memory_limit=_DATA.duckdb_memory_limit, threads=_DATA.duckdb_threads
+)
 
 
 @pytest.fixture
@@ -39,7 +44,7 @@ def src(tmp_path):
 def run(src, tmp_path, *steps):
     out = tmp_path / "out.parquet"
     out.unlink(missing_ok=True)
-    rows = apply_recipe(src, out, Recipe(steps=list(steps)), RecipeContext(hash_key=KEY))
+    rows = apply_recipe(src, out, Recipe(steps=list(steps)), CONTEXT)
     table = pq.read_table(out)
     assert table.num_rows == rows
     return table.to_pydict()

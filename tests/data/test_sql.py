@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from aiaas.data.limits import sql_limits
+from aiaas.settings import Settings
 from tests.helpers import assert_problem
+
+LIMITS = sql_limits(Settings())  # the defaults an operator gets
 
 USERS = b"user_id,name\n1,alice\n2,bob\n3,carol\n"
 ORDERS = b"order_id,user_id,amount\n10,1,5.5\n11,1,4.5\n12,2,10.0\n"
@@ -159,7 +163,7 @@ def test_python_frame_variables_unreachable():
 
     secret_canary = [1, 2, 3]  # noqa: F841 - what a replacement scan would find
     with pytest.raises(Exception, match="does not exist"):
-        run_query({}, "SELECT * FROM secret_canary")
+        run_query({}, "SELECT * FROM secret_canary", LIMITS)
 
 
 def test_preflight_refuses_a_misconfigured_connection(tmp_path):
@@ -167,7 +171,7 @@ def test_preflight_refuses_a_misconfigured_connection(tmp_path):
 
     from aiaas.data.duck import SandboxMisconfigured, connect, verify_locked
 
-    good = connect(allowed_paths=[tmp_path / "a.parquet"])
+    good = connect(allowed_paths=[tmp_path / "a.parquet"], memory_limit="256MB", threads=1)
     verify_locked(good, [tmp_path / "a.parquet"])
     good.close()
     # the order bug: external access switched off before the allow-list was set
@@ -209,16 +213,17 @@ def _kill_worker_during(query: str, sig: int) -> tuple[BaseException | None, lis
     import os
     import threading
     import time
+    from dataclasses import replace
 
     from structlog.testing import capture_logs
 
-    from aiaas.data.sql import SqlLimits, run_query
+    from aiaas.data.sql import run_query
 
     outcome: dict[str, BaseException] = {}
 
     def run() -> None:
         try:
-            run_query({}, query, SqlLimits(timeout_s=30))
+            run_query({}, query, replace(LIMITS, timeout_s=30))
         except Exception as exc:
             outcome["error"] = exc
 
@@ -261,7 +266,7 @@ def test_query_process_crash_is_logged_and_clear():
         "simplify the query or reduce its result"
     )
     assert [e["log_level"] for e in logs] == ["warning"]
-    assert list(run_query({}, "SELECT 42").iter_rows()) == [[42]]
+    assert list(run_query({}, "SELECT 42", LIMITS).iter_rows()) == [[42]]
 
 
 def test_per_org_concurrency_cap(client, tenants, settings):

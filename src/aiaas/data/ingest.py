@@ -50,17 +50,17 @@ _DELIMITERS = (",", "\t", ";", "|")
 
 @dataclass(frozen=True)
 class IngestLimits:
-    """Caps applied while converting one file (built from ``DataSettings`` by the service)."""
+    """Caps applied while converting one file (built by :mod:`aiaas.data.limits`)."""
 
-    max_columns: int = 2000
-    max_line_bytes: int = 8 * MiB
-    max_cell_bytes: int = 1 * MiB
-    max_rows: int = 200_000_000
-    max_decompressed_bytes: int = 20 * 1024 * MiB
-    max_compression_ratio: float = 200.0
-    memory_limit: str = "512MB"
-    threads: int = 2
-    preserve_order: bool = True
+    max_columns: int
+    max_line_bytes: int
+    max_cell_bytes: int
+    max_rows: int
+    max_decompressed_bytes: int
+    max_compression_ratio: float
+    memory_limit: str
+    threads: int
+    preserve_order: bool
 
 
 @dataclass(frozen=True)
@@ -372,11 +372,10 @@ def convert_to_parquet(
     *,
     filename: str | None = None,
     options: IngestOptions | None = None,
-    limits: IngestLimits | None = None,
+    limits: IngestLimits,
 ) -> IngestResult:
     """Convert ``src`` (inside ``work_dir``) to ``work_dir/data.parquet``."""
     options = options or IngestOptions()
-    limits = limits or IngestLimits()
     size = src.stat().st_size
     if size == 0:
         raise InvalidInput("the file is empty")

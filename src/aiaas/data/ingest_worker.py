@@ -54,12 +54,12 @@ _ERRORS: dict[str, type[AiaasError]] = {
 
 @dataclass(frozen=True)
 class Isolation:
-    """Limits of one ingest process (from ``DataSettings`` via the service)."""
+    """Limits of one ingest process (built by :mod:`aiaas.data.limits`)."""
 
-    timeout_s: float = 3600.0
-    address_bytes: int = 4 * 1024**3  # RLIMIT_AS; 0 = unlimited
-    max_file_bytes: int = 0  # RLIMIT_FSIZE; 0 = derived from the ingest limits
-    sandbox: bool = True  # Landlock, where the kernel has it
+    timeout_s: float
+    address_bytes: int  # RLIMIT_AS; 0 = unlimited
+    sandbox: bool  # Landlock, where the kernel has it
+    max_file_bytes: int = 0  # RLIMIT_FSIZE; 0 (always, outside tests) = from the ingest limits
 
 
 @dataclass(frozen=True)

@@ -95,9 +95,11 @@ def infer_schema(
 
 @dataclass(frozen=True)
 class ProfileLimits:
-    memory_limit: str = "1GB"
-    threads: int = 2
-    exact_rows: int = 1_000_000
+    """Built by :mod:`aiaas.data.limits`; the sampling sizes below are fixed, not settings."""
+
+    memory_limit: str
+    threads: int
+    exact_rows: int
     sample_rows: int = 10_000
     quantile_sample_rows: int = 200_000
     pii_min_share: float = 0.3
@@ -124,9 +126,8 @@ def _num(value: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def profile_parquet(path: Path, limits: ProfileLimits | None = None) -> dict[str, Any]:
+def profile_parquet(path: Path, limits: ProfileLimits) -> dict[str, Any]:
     """Compute the profile and quality report of one Parquet file."""
-    limits = limits or ProfileLimits()
     started = time.perf_counter()
     con = connect(allowed_paths=[path], memory_limit=limits.memory_limit, threads=limits.threads)
     try:

@@ -143,8 +143,8 @@ class Recipe(BaseModel):
 @dataclass(frozen=True)
 class RecipeContext:
     hash_key: bytes
-    memory_limit: str = "1GB"
-    threads: int = 2
+    memory_limit: str  # from DataSettings (the service builds it)
+    threads: int
     pca_sample_rows: int = 100_000
 
 

@@ -45,10 +45,11 @@ from aiaas.auth import audit
 from aiaas.auth.principal import Principal
 from aiaas.data import ingest, ingest_worker, profile, recipes
 from aiaas.data.duck import clean_error, connect, qident, qstr
+from aiaas.data.limits import ingest_isolation, ingest_limits, profile_limits, sql_limits
 from aiaas.data.models import Dataset, DatasetVersion
 from aiaas.data.pii import org_hash_key
 from aiaas.data.schemas import VERSION_MAX, has_lone_surrogate
-from aiaas.data.sql import SqlLimits, SqlResult, csv_text, run_query
+from aiaas.data.sql import SqlResult, csv_text, run_query
 from aiaas.data.sql_import import ImportLimits, import_query
 from aiaas.db.base import scoped, utcnow
 from aiaas.errors import Conflict, InvalidInput, NotFound, QuotaExceeded, TooManyRequests
@@ -64,21 +65,6 @@ DATA_FILE = "data.parquet"
 # --------------------------------------------------------------------------- helpers
 
 
-def ingest_limits(settings: Settings) -> ingest.IngestLimits:
-    d = settings.data
-    return ingest.IngestLimits(
-        max_columns=d.max_columns,
-        max_line_bytes=d.max_line_bytes,
-        max_cell_bytes=d.max_cell_bytes,
-        max_rows=d.max_rows,
-        max_decompressed_bytes=d.max_decompressed_bytes,
-        max_compression_ratio=d.max_compression_ratio,
-        memory_limit=d.duckdb_memory_limit,
-        threads=d.duckdb_threads,
-        preserve_order=d.ingest_preserve_order,
-    )
-
-
 def convert_upload(
     settings: Settings,
     src: Path,
@@ -87,7 +73,6 @@ def convert_upload(
     options: ingest.IngestOptions | None = None,
 ) -> ingest.IngestResult:
     """Convert an untrusted file (inside its work dir) to Parquet in a limited subprocess."""
-    d = settings.data
     started = time.perf_counter()
     converted = ingest_worker.convert_isolated(
         src,
@@ -95,11 +80,7 @@ def convert_upload(
         filename=filename,
         options=options or ingest.IngestOptions(),
         limits=ingest_limits(settings),
-        isolation=ingest_worker.Isolation(
-            timeout_s=d.ingest_timeout_s,
-            address_bytes=d.ingest_address_space_bytes,
-            sandbox=d.ingest_sandbox,
-        ),
+        isolation=ingest_isolation(settings),
     )
     log.info(
         "dataset_converted",
@@ -109,15 +90,6 @@ def convert_upload(
         sandbox_abi=converted.sandbox_abi,
     )
     return converted.result
-
-
-def profile_limits(settings: Settings) -> profile.ProfileLimits:
-    d = settings.data
-    return profile.ProfileLimits(
-        memory_limit=d.duckdb_memory_limit,
-        threads=d.duckdb_threads,
-        exact_rows=d.profile_exact_rows,
-    )
 
 
 def _scratch_root(settings: Settings) -> Path:
@@ -1157,15 +1129,7 @@ def _run_sql(
     root = store.local_path(principal.org_id, "datasets")
     if root is None:
         root = settings.data_dir / "cache" / "orgs" / principal.org_id / "datasets"
-    d = settings.data
-    limits = SqlLimits(
-        timeout_s=d.sql_timeout_s,
-        max_rows=d.sql_max_rows,
-        max_bytes=d.sql_max_bytes,
-        memory_limit=d.sql_memory_limit,
-        threads=d.sql_threads,
-        address_bytes=d.sql_address_space_bytes,
-    )
+    limits = sql_limits(settings)
     spool_dir = settings.data_dir / "tmp" / "sql"  # unlinked files: nothing left to sweep
     spool_dir.mkdir(parents=True, exist_ok=True)
     return run_query(views, query, limits, root=root if views else None, spool_dir=spool_dir)

@@ -61,12 +61,14 @@ def csv_text(text: str) -> str:
 
 @dataclass(frozen=True)
 class SqlLimits:
-    timeout_s: float = 10.0
-    max_rows: int = 10_000
-    max_bytes: int = 64 * 1024 * 1024
-    memory_limit: str = "512MB"
-    threads: int = 1
-    address_bytes: int = 4 * 1024 * 1024 * 1024
+    """A query's limits (built by :mod:`aiaas.data.limits`)."""
+
+    timeout_s: float
+    max_rows: int
+    max_bytes: int
+    memory_limit: str
+    threads: int
+    address_bytes: int
 
 
 def arrow_kind(t: pa.DataType) -> str:
@@ -350,7 +352,7 @@ def _csv_record(writer: Any, buf: io.StringIO, cells: list[Any]) -> bytes:
 def run_query(
     views: dict[str, Path],
     query: str,
-    limits: SqlLimits | None = None,
+    limits: SqlLimits,
     *,
     root: Path | None = None,
     spool_dir: Path | None = None,
@@ -362,7 +364,6 @@ def run_query(
     paths of the caller's own files: DuckDB resolves ``allowed_paths``.) The checked rows are
     spooled to an unlinked file in ``spool_dir`` (default: the system's temporary directory).
     """
-    limits = limits or SqlLimits()
     if root is not None:
         views = {name: path.relative_to(root) for name, path in views.items()}
     if not query.strip():
