@@ -41,10 +41,6 @@ def end(token: object) -> None:
     _current.reset(token)  # type: ignore[arg-type]
 
 
-def current() -> AuditContext | None:
-    return _current.get()
-
-
 def set_actor(org_id: str | None, actor_type: str, actor_id: str | None) -> None:
     if (ctx := _current.get()) is not None:
         ctx.org_id, ctx.actor_type, ctx.actor_id = org_id, actor_type, actor_id

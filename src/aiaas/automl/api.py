@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 from aiaas.automl.ensemble import greedy_ensemble
 from aiaas.automl.errors import InvalidConfig, InvalidData, InvalidTarget, SearchFailed
 from aiaas.automl.families import FAMILIES, Context
-from aiaas.automl.metrics import get_metric, loss, score
+from aiaas.automl.metrics import get_metric, loss
 from aiaas.automl.model import TrainedModel
 from aiaas.automl.preprocess import MIN_ROWS, TabularPreprocessor, detect_leakage, prepare_target
 from aiaas.automl.search import (
@@ -511,6 +511,3 @@ def _versions() -> dict[str, str]:
         "xgboost": xgboost.__version__,
         "optuna": optuna.__version__,
     }
-
-
-_ = (score,)

@@ -16,7 +16,7 @@ import math
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -61,7 +61,6 @@ class FitInfo:
     """What one fit learned besides the model (e.g. the early-stopped number of rounds)."""
 
     rounds: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Family:
@@ -69,7 +68,6 @@ class Family:
 
     name: ClassVar[str] = ""
     onnx: ClassVar[bool] = True
-    rounds_param: ClassVar[str | None] = None
 
     def available(self, ctx: Context) -> bool:
         return True
@@ -125,7 +123,6 @@ def _n_threads(ctx: Context) -> int:
 # ---------------------------------------------------------------------------------- LightGBM
 class LightGBM(Family):
     name = "lightgbm"
-    rounds_param = "n_estimators"
     MAX_ROUNDS = 3000
 
     def defaults(self, ctx: Context) -> list[Params]:
@@ -243,7 +240,6 @@ except ImportError:  # pragma: no cover
 # ----------------------------------------------------------------------------------- XGBoost
 class XGBoost(Family):
     name = "xgboost"
-    rounds_param = "n_estimators"
     MAX_ROUNDS = 3000
 
     def defaults(self, ctx: Context) -> list[Params]:
@@ -308,7 +304,6 @@ class XGBoost(Family):
 class HistGB(Family):
     name = "histgb"
     onnx = False  # skl2onnx cannot convert it (as of 1.20)
-    rounds_param = "max_iter"
     MAX_ROUNDS = 500  # it cannot be interrupted at the deadline, so keep it bounded
 
     def defaults(self, ctx: Context) -> list[Params]:

@@ -268,15 +268,14 @@ def create_api_key(
     typer.echo(key)
 
 
-def _register_optional() -> None:
-    try:
-        from aiaas.cli.automl import app as automl_app
-    except ImportError:  # the AutoML CLI is being built alongside
-        return
+def _register_automl() -> None:
+    # no ImportError guard: a broken install must fail loudly, not hide `aiaas automl`
+    from aiaas.cli.automl import app as automl_app
+
     app.add_typer(automl_app, name="automl")
 
 
-_register_optional()
+_register_automl()
 
 
 def main() -> None:

@@ -9,7 +9,6 @@ step (``errors=[{"step": i, "op": ..., "detail": ...}]``). The result is written
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -459,8 +458,6 @@ def apply_recipe(
     out: Path,
     recipe: Recipe,
     ctx: RecipeContext,
-    *,
-    on_step: Callable[[int, str], None] | None = None,
 ) -> int:
     """Apply ``recipe`` to the Parquet file ``src``; write ``out``; return the row count."""
     con = connect(
@@ -480,8 +477,6 @@ def apply_recipe(
                 raise _step_error(i, step.op, str(exc)) from None
             except duckdb.Error as exc:
                 raise _step_error(i, step.op, clean_error(exc)) from None
-            if on_step is not None:
-                on_step(i, step.op)
         try:
             row = con.execute(
                 f"COPY (SELECT * FROM {runner.view}) TO {qstr(str(out))} "
