@@ -18,6 +18,16 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    """One helper per table, in dependency order: foreign keys point only backwards."""
+    _create_audit_events()
+    _create_organizations()
+    _create_users()
+    _create_api_keys()
+    _create_memberships()
+    _create_refresh_tokens()
+
+
+def _create_audit_events() -> None:
     op.create_table('audit_events',
     sa.Column('id', sa.String(length=40), nullable=False),
     sa.Column('org_id', sa.String(length=40), nullable=True),
@@ -37,6 +47,8 @@ def upgrade() -> None:
     with op.batch_alter_table('audit_events', schema=None) as batch_op:
         batch_op.create_index('ix_audit_events_org_created', ['org_id', 'created_at'], unique=False)
 
+
+def _create_organizations() -> None:
     op.create_table('organizations',
     sa.Column('id', sa.String(length=40), nullable=False),
     sa.Column('slug', sa.String(length=63), nullable=False),
@@ -45,6 +57,9 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_organizations')),
     sa.UniqueConstraint('slug', name=op.f('uq_organizations_slug'))
     )
+
+
+def _create_users() -> None:
     op.create_table('users',
     sa.Column('id', sa.String(length=40), nullable=False),
     sa.Column('email', sa.String(length=320), nullable=False),
@@ -55,6 +70,9 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_users')),
     sa.UniqueConstraint('email', name=op.f('uq_users_email'))
     )
+
+
+def _create_api_keys() -> None:
     op.create_table('api_keys',
     sa.Column('id', sa.String(length=40), nullable=False),
     sa.Column('org_id', sa.String(length=40), nullable=False),
@@ -74,6 +92,8 @@ def upgrade() -> None:
     with op.batch_alter_table('api_keys', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_api_keys_org_id'), ['org_id'], unique=False)
 
+
+def _create_memberships() -> None:
     op.create_table('memberships',
     sa.Column('id', sa.String(length=40), nullable=False),
     sa.Column('org_id', sa.String(length=40), nullable=False),
@@ -88,6 +108,8 @@ def upgrade() -> None:
     with op.batch_alter_table('memberships', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_memberships_user_id'), ['user_id'], unique=False)
 
+
+def _create_refresh_tokens() -> None:
     op.create_table('refresh_tokens',
     sa.Column('id', sa.String(length=40), nullable=False),
     sa.Column('org_id', sa.String(length=40), nullable=False),
@@ -103,7 +125,6 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('refresh_tokens', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_refresh_tokens_user_id'), ['user_id'], unique=False)
-
 
 
 def downgrade() -> None:

@@ -17,6 +17,12 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    """One helper per table, in dependency order: foreign keys point only backwards."""
+    _create_datasets()
+    _create_dataset_versions()
+
+
+def _create_datasets() -> None:
     op.create_table(
         "datasets",
         sa.Column("id", sa.String(length=40), nullable=False),
@@ -37,6 +43,9 @@ def upgrade() -> None:
         sa.UniqueConstraint("org_id", "name", name="uq_datasets_org_name"),
     )
     op.create_index(op.f("ix_datasets_org_id"), "datasets", ["org_id"], unique=False)
+
+
+def _create_dataset_versions() -> None:
     op.create_table(
         "dataset_versions",
         sa.Column("id", sa.String(length=40), nullable=False),
