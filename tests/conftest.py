@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -24,10 +28,15 @@ from aiaas.api.app import create_app
 from aiaas.auth import service as auth_service
 from aiaas.auth.passwords import Passwords
 from aiaas.auth.permissions import Role
+from aiaas.data.context import DataContext
+from aiaas.data.models import Dataset
+from aiaas.data.versions import VersionInfo, store_version
 from aiaas.db import dispose_all, get_session_factory
 from aiaas.db.base import Base
 from aiaas.db.migrate import upgrade
 from aiaas.settings import Settings
+from aiaas.storage import get_store
+from tests.helpers import shared_dataset
 
 ROLES = ("owner", "admin", "developer", "viewer")
 PASSWORD = "correct horse battery staple"
@@ -89,7 +98,7 @@ def _fast_settings(data_dir: Path, database_url: str | None = None) -> Settings:
         data_dir=data_dir,
         database_url=database_url,
         auth={"argon2_time_cost": 1, "argon2_memory_kib": 64, "min_password_length": 12},
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
     )
 
 
@@ -160,3 +169,56 @@ def make_tenant(settings: Settings, slug: str) -> Tenant:
 def tenants(settings: Settings) -> Tenants:
     """Two organizations, each with an API key and a user (password PASSWORD) per role."""
     return Tenants(make_tenant(settings, "org-a"), make_tenant(settings, "org-b"))
+
+
+def make_dataset(
+    settings: Settings,
+    tenant: Tenant,
+    table: pa.Table | Sequence[dict[str, Any]],
+    *,
+    name: str = "data",
+    description: str | None = None,
+    role: str = "owner",
+) -> Dataset:
+    """A dataset of ``tenant`` whose version 1 holds ``table`` (a pyarrow Table or rows).
+
+    No HTTP upload and no ingest process: the table is written to Parquet as it is (so its
+    column types are pyarrow's, not the ingest's normalised ones) and the version is stored
+    by the data service's own code path (profile, files in the store, then the row), as the
+    API's ``role`` key of ``tenant``. The result reads back through the API like an upload.
+    Returns the committed dataset, with its version loaded.
+    """
+    if not isinstance(table, pa.Table):
+        table = pa.Table.from_pylist(list(table))
+    store = get_store(settings.resolved_artifacts_url)
+    factory = get_session_factory(settings.resolved_database_url)
+    with (
+        tempfile.TemporaryDirectory(prefix="make-dataset-") as tmp,
+        factory() as session,
+        session.begin(),
+    ):
+        resolved = auth_service.resolve_api_key(session, tenant.keys[role])
+        assert resolved is not None, f"{tenant.slug} has no usable {role} key"
+        principal = resolved[0]
+        dataset = Dataset(
+            org_id=principal.org_id,
+            name=name,
+            description=description,
+            latest_version=0,
+            created_by=principal.actor_id,
+        )
+        session.add(dataset)
+        session.flush()
+        parquet = Path(tmp) / "data.parquet"
+        pq.write_table(table, parquet)
+        ctx = DataContext.build(settings, store, settings.secret_key())
+        info = VersionInfo({"kind": "test_factory", "rows": table.num_rows})
+        store_version(session, principal, ctx, dataset, parquet, info)
+        session.refresh(dataset)
+    return dataset
+
+
+@pytest.fixture(scope="session")
+def shared_datasets() -> Path:
+    """``../shared/datasets`` beside the project root (skips, or fails when CI=true)."""
+    return shared_dataset()

@@ -1,11 +1,32 @@
-"""Assertions shared by every domain's tests."""
+"""Assertions and paths shared by every domain's tests."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
+
+#: The sample data the tests use lives outside the repository, beside the project root.
+SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+def shared_dataset(*parts: str) -> Path:
+    """``SHARED_DATASETS / parts``, if it exists; else the test skips, or fails when CI=true.
+
+    On a developer's clone the data may be absent, and the test says so in the skip reason
+    (``-ra`` prints it); in CI a missing dataset is a broken setup, not a reason to skip.
+    """
+    path = SHARED_DATASETS.joinpath(*parts)
+    if not path.exists():
+        reason = f"shared dataset not found: {path}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason} (CI=true: the datasets must be present)", pytrace=False)
+        pytest.skip(reason)
+    return path
 
 
 def assert_problem(response: Any, status: int, code: str | None = None) -> dict[str, Any]:

@@ -87,18 +87,37 @@ def test_serve_bootstrap_login_me_metrics_and_limits(tmp_path):
         metrics = httpx.get(f"{base}/metrics").text
         assert 'route="/api/v1/me",status="200"' in metrics
 
-        # A streamed upload without Content-Length past the upload limit: 413, nothing kept.
-        def chunks():
+        # Streamed bodies without Content-Length (4 MiB, past both limits): nothing is kept.
+        def chunks(preamble: bytes = b""):
+            yield preamble
             for _ in range(64):
                 yield b"x" * 65536
 
-        spool_before = sorted(p.name for p in data_dir.rglob("*"))
+        def files() -> list[str]:
+            return sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*") if p.is_file())
+
+        files_before = files()
+        # A route without POST answers 405 before it reads the body.
         response = httpx.post(
             f"{base}/api/v1/me",
             content=chunks(),
             headers={"Authorization": f"Bearer {key}", "Content-Type": "application/octet-stream"},
         )
-        assert response.status_code in (405, 413)  # /me has no POST: refused either way
+        assert response.status_code == 405
+        assert response.headers["allow"] == "GET"
+        assert response.json()["code"] == "method_not_allowed"
+        # An upload past the upload limit (2 MiB) is cut off with 413 as it streams.
+        part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.csv"\r\n\r\n'
+        upload = httpx.post(
+            f"{base}/api/v1/datasets",
+            content=chunks(part),
+            headers={
+                "Authorization": f"Bearer {key}",
+                "Content-Type": "multipart/form-data; boundary=b",
+            },
+        )
+        assert upload.status_code == 413
+        assert upload.json()["detail"] == "request body exceeds the limit of 2097152 bytes"
         # The route decides the limit, not the declared type: a JSON route refuses an
         # octet-stream body unread (415), and a streamed JSON body past the JSON limit is 413.
         wrong_type = httpx.post(
@@ -116,7 +135,7 @@ def test_serve_bootstrap_login_me_metrics_and_limits(tmp_path):
         assert big.status_code == 413
         assert big.headers["content-type"] == "application/problem+json"
         assert big.json()["detail"] == "request body exceeds the limit of 1048576 bytes"
-        assert sorted(p.name for p in data_dir.rglob("*")) == spool_before
+        assert files() == files_before
         assert key not in log.read_text()
         assert log.read_text().count(password) == 1  # printed once, never logged
     finally:

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 
 from aiaas.api.app import PUBLIC_ROUTES, create_app
 from aiaas.api.routes import route_policies
+from aiaas.api.state import app_state
 from aiaas.auth.models import AuditEvent
 from aiaas.db import get_session_factory
 from tests.conftest import PASSWORD
@@ -31,8 +32,8 @@ def _routes(app):
     policies = route_policies(
         app,
         public=PUBLIC_ROUTES,
-        max_body=app.state.settings.limits.max_body_bytes,
-        max_upload=app.state.settings.limits.max_upload_bytes,
+        max_body=app_state(app).settings.limits.max_body_bytes,
+        max_upload=app_state(app).settings.limits.max_upload_bytes,
     )
     for matcher, policy in policies:
         path = getattr(matcher, "path_format", getattr(matcher, "path", ""))

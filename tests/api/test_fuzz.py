@@ -3,27 +3,42 @@
 Each operation is called with generated inputs, each input with the API key of every role of
 one organization (owner, admin, developer, viewer); every answer must be below 500 and every
 error a problem body.
+
+Nothing is built at import: the schema comes from the ``api_schema`` fixture (schemathesis'
+lazy loading), so the app, its migrated database and the tenant are made only when the test
+runs, in pytest's temporary directory, like every other test's.
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 
+import pytest
 import schemathesis
+from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
 
-from aiaas.api.app import create_app
-from aiaas.db.migrate import upgrade
-from tests.conftest import ROLES, _fast_settings, make_tenant
+from aiaas.settings import Settings
+from tests.conftest import ROLES, Tenant, make_tenant
 
-_DIR = Path(tempfile.mkdtemp(prefix="aiaas-fuzz-"))
-_SETTINGS = _fast_settings(_DIR)
-upgrade(_SETTINGS.resolved_database_url)
-_TENANT = make_tenant(_SETTINGS, "fuzz")
-APP = create_app(_SETTINGS)
-schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
+
+@pytest.fixture
+def api_schema(app: FastAPI, request: pytest.FixtureRequest) -> schemathesis.schemas.BaseSchema:
+    # schemathesis 4.32's lazy loader reads and rewrites ``node._nodeid``, which pytest 9
+    # no longer has (its node id is ``_id``): give it one. Remove once schemathesis reads
+    # ``node.nodeid``.
+    if not hasattr(request.node, "_nodeid"):
+        request.node._nodeid = request.node.nodeid
+    return schemathesis.openapi.from_asgi("/openapi.json", app)
+
+
+@pytest.fixture
+def fuzz_tenant(settings: Settings) -> Tenant:
+    """One organization with a key per role (the app above uses the same database)."""
+    return make_tenant(settings, "fuzz")
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
 
 
 @schema.parametrize()
@@ -33,9 +48,9 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
     suppress_health_check=list(HealthCheck),
     derandomize=True,
 )
-def test_no_server_errors(case):
+def test_no_server_errors(case, fuzz_tenant):
     for role in ROLES:
-        response = case.call(headers={"Authorization": f"Bearer {_TENANT.keys[role]}"})
+        response = case.call(headers={"Authorization": f"Bearer {fuzz_tenant.keys[role]}"})
         assert response.status_code < 500, (role, case.method, case.path, response.text[:500])
         if response.status_code >= 400:
             content_type = response.headers.get("content-type") or [""]

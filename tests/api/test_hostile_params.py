@@ -13,6 +13,7 @@ import pytest
 
 from aiaas.api.app import PUBLIC_ROUTES
 from aiaas.api.routes import route_policies
+from aiaas.api.state import app_state
 
 #: Raw JSON texts, spliced into bodies as they are (NaN and 1e400 are not valid JSON).
 HOSTILE_JSON = [
@@ -54,8 +55,8 @@ def _operations(app):
     policies = route_policies(
         app,
         public=PUBLIC_ROUTES,
-        max_body=app.state.settings.limits.max_body_bytes,
-        max_upload=app.state.settings.limits.max_upload_bytes,
+        max_body=app_state(app).settings.limits.max_body_bytes,
+        max_upload=app_state(app).settings.limits.max_upload_bytes,
     )
     found = []
     for matcher, policy in policies:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from aiaas.api.app import create_app
+from aiaas.api.state import app_state
 from tests.conftest import PASSWORD
 from tests.helpers import assert_cross_tenant_404, assert_not_listed, assert_problem
 
@@ -126,12 +127,12 @@ def test_other_replicas_compute_the_owners_role_from_the_database(client, tenant
         url = f"{MEMBERS}/{a.users['admin']}"
         demoted = client.patch(url, headers=a.headers("owner"), json={"role": "developer"})
         assert demoted.status_code == 200
-        replica.app.state.api_key_cache.clear()  # the replica's cache TTL has passed
+        app_state(replica.app).api_key_cache.clear()  # the replica's cache TTL has passed
         assert_problem(replica.get(MEMBERS, headers=key), 403)
         assert replica.get(ME, headers=key).json()["role"] == "developer"
 
         assert client.delete(url, headers=a.headers("owner")).status_code == 204
-        replica.app.state.api_key_cache.clear()
+        app_state(replica.app).api_key_cache.clear()
         assert_problem(replica.get(ME, headers=key), 401)
 
 

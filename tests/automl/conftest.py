@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 
-PMLB = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "pmlb"
+from tests.helpers import SHARED_DATASETS, shared_dataset
+
+PMLB = SHARED_DATASETS / "pmlb"
 
 
 def pmlb(name: str, n: int | None = None, seed: int = 0) -> pd.DataFrame:
-    """A PMLB dataset from shared/ (optionally a random sample of ``n`` rows)."""
-    path = PMLB / f"{name}.tsv.gz"
-    if not path.exists():
-        pytest.skip(f"{path} not available")
+    """A PMLB dataset from shared/ (optionally a random sample of ``n`` rows).
+
+    Missing: the test skips, or fails when CI=true (:func:`tests.helpers.shared_dataset`).
+    """
+    path = shared_dataset("pmlb", f"{name}.tsv.gz")
     df = pd.read_csv(path, sep="\t")
     if n is not None and n < len(df):
         df = df.sample(n=n, random_state=seed).reset_index(drop=True)

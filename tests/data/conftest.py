@@ -9,9 +9,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "datasets"
-PMLB = SHARED / "pmlb"
-MOVIELENS = SHARED / "movielens-100k"
+from tests.helpers import SHARED_DATASETS
+
+# Where the samples would be; a test that needs one calls tests.helpers.shared_dataset (or
+# uses the ``shared_datasets`` fixture), which skips, or fails on CI, when it is missing.
+PMLB = SHARED_DATASETS / "pmlb"
+MOVIELENS = SHARED_DATASETS / "movielens-100k"
 
 Uploader = Callable[..., Any]
 

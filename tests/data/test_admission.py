@@ -1,6 +1,6 @@
 """Fair admission to the ingest slots: one organization cannot starve the others.
 
-The gate (``data.service.FairGate``) is tested with real threads; the whole path with real
+The gate (``data.gates.FairGate``) is tested with real threads; the whole path with real
 uploads whose ingest processes are frozen (SIGSTOP) while they hold their slots.
 """
 
@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from aiaas.data.service import FairGate, ingest_gate
+from aiaas.api.state import app_state
+from aiaas.data.gates import FairGate
 
 CSV = b"id,text\n" + b"".join(b"%d,row %d\n" % (i, i) for i in range(20_000))
 
@@ -177,7 +178,9 @@ class _Freezer(threading.Thread):
                 pass
 
 
-def test_one_org_holding_its_slot_does_not_queue_another_orgs_upload(tenants, upload, settings):
+def test_one_org_holding_its_slot_does_not_queue_another_orgs_upload(
+    client, tenants, upload, settings
+):
     settings.data.ingest_queue_timeout_s = 120  # nobody gives up during the test
     ha, hb = tenants.a.headers("developer"), tenants.b.headers("developer")
     results: dict[str, int] = {}
@@ -205,7 +208,8 @@ def test_one_org_holding_its_slot_does_not_queue_another_orgs_upload(tenants, up
         assert results.get("b") == 201, results
         assert time.monotonic() - started < 30
         assert all(t.is_alive() for t in a_more)  # still waiting for A's slot
-        gate = ingest_gate(2, 1)
+        gate = app_state(client.app).data.gates.ingest
+        assert (gate.total, gate.per_key) == (2, 1)
         assert gate.snapshot() == {
             "running": {tenants.a.org_id: 1},
             "waiting": {tenants.a.org_id: 2},

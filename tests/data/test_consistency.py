@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import time
 
+from aiaas.api.state import app_state
 from aiaas.auth.permissions import Role
 from aiaas.auth.principal import Principal
-from aiaas.data import service
+from aiaas.data import service, sweep
 from aiaas.db import get_session_factory
 from aiaas.storage import get_store
 
@@ -43,7 +44,7 @@ def test_sweep_orphans_removes_only_old_files_without_a_row(client, tenants, upl
     store.put_bytes(org_a, f"{in_flight}/data.parquet", b"PAR1")
 
     with get_session_factory(settings.resolved_database_url)() as session:
-        assert service.sweep_orphans(session, store) == 2  # one per organization
+        assert sweep.sweep_orphans(session, store) == 2  # one per organization
     assert list(store.list(org_a, "datasets")) == sorted([*live, f"{in_flight}/data.parquet"])
     assert list(store.list(org_b, "datasets")) == []
     r = client.get(f"/api/v1/datasets/{created.json()['id']}/versions/1/download", headers=h)
@@ -59,14 +60,15 @@ def test_deleting_a_dataset_keeps_its_files_until_the_commit(client, tenants, up
     files = list(store.list(org, "datasets"))
     assert files
     principal = Principal(org, tenants.a.slug, Role.admin, "system", "test")
+    ctx = app_state(client.app).data
     factory = get_session_factory(settings.resolved_database_url)
     with factory() as session:
-        service.delete_dataset(session, principal, store, created.json()["id"])
+        service.delete_dataset(session, principal, ctx, created.json()["id"])
         session.rollback()  # the commit did not happen: rows and files both stay
     assert list(store.list(org, "datasets")) == files
     assert client.get(f"/api/v1/datasets/{created.json()['id']}", headers=h).status_code == 200
     with factory() as session:
-        service.delete_dataset(session, principal, store, created.json()["id"])
+        service.delete_dataset(session, principal, ctx, created.json()["id"])
         session.commit()
     assert list(store.list(org, "datasets")) == []
     assert client.get(f"/api/v1/datasets/{created.json()['id']}", headers=h).status_code == 404

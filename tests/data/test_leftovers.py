@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from aiaas.data import service
+from aiaas.data import scratch, sweep
 from aiaas.storage import get_store
 from tests.data.conftest import data_files
 from tests.helpers import assert_problem
@@ -33,11 +33,11 @@ import sys, time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from aiaas.data import service
+from aiaas.data import scratch
 from aiaas.settings import Settings
 
 settings = Settings(data_dir=Path(sys.argv[1]), _env_file=None)
-work = service.new_work_dir(settings)
+work = scratch.new_work_dir(settings)
 (work / "upload").write_bytes(b"x" * 1_000_000)  # a partial upload
 print(work, flush=True)
 time.sleep(600)
@@ -80,23 +80,23 @@ def test_scratch_of_a_killed_process_is_swept_at_once_and_live_scratch_is_kept(s
     dead, dead_dir = _holder(settings)
     _kill(dead)  # SIGKILL: the owner cannot clean up
     alive, alive_dir = _holder(settings)
-    mine = service.new_work_dir(settings)  # held by this process
+    mine = scratch.new_work_dir(settings)  # held by this process
     try:
         assert (dead_dir / "upload").stat().st_size == 1_000_000  # fresh, but dead
-        assert service.sweep_scratch(settings) == 1
+        assert scratch.sweep_scratch(settings) == 1
         assert not dead_dir.exists()
         assert _scratch(settings) == sorted(
             [alive_dir.name, f"{alive_dir.name}.lock", mine.name, f"{mine.name}.lock"]
         )
         _kill(alive)
-        assert service.sweep_scratch(settings) == 1
+        assert scratch.sweep_scratch(settings) == 1
         assert _scratch(settings) == sorted([mine.name, f"{mine.name}.lock"])
     finally:
         if alive.poll() is None:
             _kill(alive)
-        service.remove_work_dir(mine)
+        scratch.remove_work_dir(mine)
     assert _scratch(settings) == []
-    assert service.sweep_scratch(settings) == 0
+    assert scratch.sweep_scratch(settings) == 0
 
 
 def test_unlocked_scratch_and_partial_cache_files_go_by_age(settings):
@@ -116,7 +116,7 @@ def test_unlocked_scratch_and_partial_cache_files_go_by_age(settings):
     complete.write_bytes(b"PAR1")
     _age(partial, 7200)
     _age(complete, 7200)
-    assert service.sweep_scratch(settings) == 2  # the old unlocked dir, the partial download
+    assert scratch.sweep_scratch(settings) == 2  # the old unlocked dir, the partial download
     assert _scratch(settings) == ["old-style-fresh"]
     assert not partial.exists()
     assert complete.exists()
@@ -140,7 +140,7 @@ def test_sweep_orphans_removes_the_stores_old_temporary_files(client, tenants, u
     from aiaas.db import get_session_factory
 
     with get_session_factory(settings.resolved_database_url)() as session:
-        assert service.sweep_orphans(session, store) == 2
+        assert sweep.sweep_orphans(session, store) == 2
     assert not old_tmp.exists()
     assert new_tmp.exists()
     assert not lonely.exists()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import structlog
 from fastapi import FastAPI
 from starlette.requests import Request
@@ -15,8 +13,10 @@ from aiaas.api.health import router as health_router
 from aiaas.api.middleware import PlatformMiddleware
 from aiaas.api.routers import ROUTERS
 from aiaas.api.routes import route_policies, route_templates
+from aiaas.api.state import AppState
 from aiaas.auth.cache import ApiKeyCache, LoginThrottle
 from aiaas.auth.passwords import Passwords
+from aiaas.data.context import DataContext
 from aiaas.db import get_session_factory
 from aiaas.logging import configure_logging
 from aiaas.monitoring.metrics import HttpMetrics
@@ -50,6 +50,24 @@ def private_data_dir(settings: Settings) -> None:
         settings.data_dir.chmod(0o700)
 
 
+def build_state(settings: Settings) -> AppState:
+    """Everything the routes share, built once per app from ``settings``."""
+    secret_key = settings.secret_key()
+    store = get_store(settings.resolved_artifacts_url)
+    auth = settings.auth
+    return AppState(
+        settings=settings,
+        secret_key=secret_key,
+        session_factory=get_session_factory(settings.resolved_database_url),
+        store=store,
+        passwords=Passwords(auth.argon2_time_cost, auth.argon2_memory_kib, auth.argon2_parallelism),
+        api_key_cache=ApiKeyCache(auth.api_key_cache_ttl_s),
+        login_throttle=LoginThrottle(auth.login_max_failures, auth.login_window_s),
+        metrics=HttpMetrics(),
+        data=DataContext.build(settings, store, secret_key),
+    )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the ASGI app for ``settings`` (migrations are applied by the caller)."""
     settings = settings or get_settings()
@@ -63,21 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Self-hosted AI-as-a-Service: data, AutoML, registry, serving, monitoring.",
         swagger_ui_init_oauth={"usePkceWithAuthorizationCodeGrant": False},
     )
-    state: Any = app.state
-    state.settings = settings
-    state.secret_key = settings.secret_key()
-    state.session_factory = get_session_factory(settings.resolved_database_url)
-    state.store = get_store(settings.resolved_artifacts_url)
-    state.passwords = Passwords(
-        settings.auth.argon2_time_cost,
-        settings.auth.argon2_memory_kib,
-        settings.auth.argon2_parallelism,
-    )
-    state.api_key_cache = ApiKeyCache(settings.auth.api_key_cache_ttl_s)
-    state.login_throttle = LoginThrottle(
-        settings.auth.login_max_failures, settings.auth.login_window_s
-    )
-    state.metrics = HttpMetrics()
+    state = build_state(settings)
+    app.state.aiaas = state
 
     install_error_handlers(app)
     app.include_router(health_router)

@@ -7,6 +7,7 @@ depends on ``require``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Annotated, Any
 
@@ -14,33 +15,40 @@ import anyio
 from fastapi import Depends, Query, Request
 from sqlalchemy.orm import Session
 
+from aiaas.api.state import AppState, app_state
 from aiaas.auth import audit
 from aiaas.auth import service as auth_service
-from aiaas.auth.cache import ApiKeyCache
+from aiaas.auth.cache import ApiKeyCache, LoginThrottle
 from aiaas.auth.passwords import Passwords
 from aiaas.auth.permissions import Action
 from aiaas.auth.principal import Principal
-from aiaas.auth.tokens import sha256_hex
-from aiaas.db.base import utcnow
+from aiaas.data.context import DataContext
 from aiaas.db.pagination import PageParams
 from aiaas.errors import Forbidden, Unauthorized
 from aiaas.settings import Settings
 from aiaas.storage import ArtifactStore
 
 
-def get_settings_dep(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+def get_state(request: Request) -> AppState:
+    """The app's state; the only function that reads ``request.app.state``."""
+    return app_state(request.app)
 
 
-def get_session(request: Request) -> Iterator[Session]:
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def get_settings_dep(state: StateDep) -> Settings:
+    return state.settings
+
+
+def get_session(state: StateDep) -> Iterator[Session]:
     """One unit of work per request: committed when the route returns, rolled back on error.
 
     A service that must leave a trace of a failure (revoking a reused refresh token's
     family) sets ``session.info[auth_service.COMMIT_ON_ERROR]``: the work is then committed
     before the error is answered.
     """
-    session: Session = request.app.state.session_factory()
+    session = state.session_factory()
     try:
         yield session
         session.commit()
@@ -57,20 +65,33 @@ def get_session(request: Request) -> Iterator[Session]:
         session.close()
 
 
-def get_store(request: Request) -> ArtifactStore:
-    store: ArtifactStore = request.app.state.store
-    return store
+def get_store(state: StateDep) -> ArtifactStore:
+    return state.store
 
 
-def get_passwords(request: Request) -> Passwords:
-    passwords: Passwords = request.app.state.passwords
-    return passwords
+def get_passwords(state: StateDep) -> Passwords:
+    return state.passwords
+
+
+def get_api_key_cache(state: StateDep) -> ApiKeyCache:
+    return state.api_key_cache
+
+
+def get_login_throttle(state: StateDep) -> LoginThrottle:
+    return state.login_throttle
+
+
+def get_data(state: StateDep) -> DataContext:
+    return state.data
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 PasswordsDep = Annotated[Passwords, Depends(get_passwords)]
+ApiKeyCacheDep = Annotated[ApiKeyCache, Depends(get_api_key_cache)]
+LoginThrottleDep = Annotated[LoginThrottle, Depends(get_login_throttle)]
+DataDep = Annotated[DataContext, Depends(get_data)]
 
 
 def _bearer(request: Request) -> str:
@@ -84,46 +105,30 @@ def _bearer(request: Request) -> str:
     return token
 
 
-def _lookup(request: Request, token: str) -> Principal | None:
-    state = request.app.state
-    cache: ApiKeyCache = state.api_key_cache
-    generation = cache.generation()  # taken before reading: a concurrent invalidation wins
-    with state.session_factory() as session, session.begin():
-        if auth_service.looks_like_api_key(token):
-            found = auth_service.resolve_api_key(session, token)
-            if found is None:
-                return None
-            principal, expires_at = found
-        else:
-            return auth_service.resolve_access_token(session, state.secret_key, token)
-    cache.put(sha256_hex(token), principal, expires_at, generation=generation)
-    return principal
-
-
 async def get_principal(request: Request) -> Principal:
-    """Authenticate the bearer credential. Every failure is the same 401.
+    """Authenticate the bearer credential (policy: :func:`aiaas.auth.service.authenticate`).
 
     The platform middleware authenticates a request with a body before the body is read and
-    keeps the principal in the request state; the route's dependency then reuses it.
+    keeps the principal in the request state; the route's dependency then reuses it. A
+    cached API key is answered on the event loop; anything that needs the database runs in
+    a worker thread.
     """
     already: Principal | None = getattr(request.state, "principal", None)
     if already is not None:
         return already
     token = _bearer(request)
-    principal: Principal | None = None
-    if auth_service.looks_like_api_key(token):
-        cache: ApiKeyCache = request.app.state.api_key_cache
-        hit = cache.get(sha256_hex(token))
-        if hit is not None:
-            cached, expires_at = hit
-            if expires_at is None or expires_at > utcnow():
-                principal = cached
-            else:
-                raise Unauthorized("invalid credentials")
+    state = get_state(request)
+    principal = auth_service.cached_principal(state.api_key_cache, token)
     if principal is None:
-        principal = await anyio.to_thread.run_sync(_lookup, request, token)
-    if principal is None:
-        raise Unauthorized("invalid credentials")
+        principal = await anyio.to_thread.run_sync(
+            functools.partial(
+                auth_service.authenticate,
+                state.session_factory,
+                token,
+                key=state.secret_key,
+                cache=state.api_key_cache,
+            )
+        )
     audit.set_actor(principal.org_id, principal.actor_type, principal.actor_id)
     request.state.principal = principal
     return principal
@@ -146,13 +151,13 @@ def require(action: Action) -> Any:
 
 
 def page_params(
-    request: Request,
+    state: StateDep,
     limit: Annotated[int, Query(ge=1, le=500, description="Items per page.")] = 50,
     cursor: Annotated[
         str | None, Query(max_length=512, description="Opaque cursor from next_cursor.")
     ] = None,
 ) -> PageParams:
-    return PageParams(limit=limit, cursor=cursor, key=request.app.state.secret_key)
+    return PageParams(limit=limit, cursor=cursor, key=state.secret_key)
 
 
 PageDep = Annotated[PageParams, Depends(page_params)]

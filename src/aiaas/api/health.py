@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from sqlalchemy import text
 from starlette.responses import JSONResponse, Response
 
+from aiaas.api.deps import StateDep
 from aiaas.errors import ServiceUnavailable, Unauthorized
 from aiaas.monitoring.metrics import CONTENT_TYPE_LATEST
 
@@ -22,11 +23,11 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(state: StateDep) -> JSONResponse:
     """Readiness: the metadata database answers."""
 
     def ping() -> None:
-        with request.app.state.session_factory() as session:
+        with state.session_factory() as session:
             session.execute(text("SELECT 1"))
 
     try:
@@ -37,11 +38,11 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=Response)
-async def metrics(request: Request) -> Response:
+async def metrics(request: Request, state: StateDep) -> Response:
     """Prometheus metrics (text format). Guarded by AIAAS_METRICS_TOKEN when set."""
-    token = request.app.state.settings.metrics_token
+    token = state.settings.metrics_token
     if token is not None:
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
             raise Unauthorized("metrics token required")
-    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

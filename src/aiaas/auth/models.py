@@ -54,6 +54,10 @@ class Membership(Base):
 
     user: Mapped[User] = relationship(lazy="joined")
 
+    @property
+    def email(self) -> str:
+        return self.user.email
+
 
 class ApiKey(Base):
     __tablename__ = "api_keys"

@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from aiaas.auth.permissions import Role
+from aiaas.schemas import Name, StrictModel
 
 Email = Annotated[
     str,
@@ -18,18 +19,7 @@ Email = Annotated[
         pattern=r"^[^@\s\x00-\x1f]{1,64}@[^@\s\x00-\x1f]{1,255}$",
     ),
 ]
-#: A display name: no control characters (NUL breaks PostgreSQL text, newlines forge logs).
-Name = Annotated[
-    str,
-    StringConstraints(
-        strip_whitespace=True, min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$"
-    ),
-]
 Password = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^[^\x00]+$")]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class OrgRead(BaseModel):
@@ -40,6 +30,7 @@ class OrgRead(BaseModel):
 
 
 class MeRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
     organization: OrgRead
     role: Role
     actor_type: str
@@ -48,7 +39,7 @@ class MeRead(BaseModel):
     api_key_name: str | None = None
 
 
-class TokenResponse(BaseModel):
+class TokenRead(BaseModel):
     access_token: str
     token_type: str = "bearer"
     expires_in: int
@@ -57,23 +48,24 @@ class TokenResponse(BaseModel):
 
 
 class MemberRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
     user_id: str
     email: str
     role: Role
     created_at: datetime
 
 
-class MemberCreate(Strict):
+class MemberCreate(StrictModel):
     email: Email
     role: Role
     password: Password = Field(description="Initial password of the new user account.")
 
 
-class MemberUpdate(Strict):
+class MemberUpdate(StrictModel):
     role: Role
 
 
-class ApiKeyCreate(Strict):
+class ApiKeyCreate(StrictModel):
     name: Name
     role: Role = Role.developer
     expires_at: AwareDatetime | None = Field(None, description="When the key stops working.")
@@ -99,13 +91,13 @@ class ApiKeyRead(BaseModel):
     last_used_at: datetime | None
 
 
-class ApiKeyTransfer(Strict):
+class ApiKeyTransfer(StrictModel):
     owner_user_id: Annotated[str, StringConstraints(max_length=40)] | None = Field(
         description="A member's user id, or null to give the key to the organization."
     )
 
 
-class ApiKeyCreated(ApiKeyRead):
+class ApiKeyWithSecretRead(ApiKeyRead):
     key: str = Field(description="The secret key. Shown once; store it now.")
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -50,6 +50,7 @@ from aiaas.auth.tokens import (
 from aiaas.db import new_id, scoped, utcnow
 from aiaas.db.pagination import Page, PageParams, paginate
 from aiaas.errors import (
+    BadRequest,
     Conflict,
     Forbidden,
     InvalidInput,
@@ -57,6 +58,7 @@ from aiaas.errors import (
     TooManyRequests,
     Unauthorized,
 )
+from aiaas.settings import AuthSettings
 
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 #: ``session.info`` flag: commit this unit of work even though the request fails (the
@@ -246,6 +248,18 @@ def get_current_api_key(session: Session, principal: Principal) -> ApiKey:
     return row
 
 
+@dataclass(frozen=True)
+class NewApiKey:
+    """A key just minted: its row, and its secret (shown once, never stored). Reads as the
+    row otherwise, so ``ApiKeyWithSecretRead`` validates it from attributes."""
+
+    row: ApiKey
+    key: str
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.row, name)
+
+
 def create_api_key(
     session: Session,
     principal: Principal,
@@ -253,7 +267,7 @@ def create_api_key(
     name: str,
     role: Role,
     expires_at: datetime | None,
-) -> tuple[ApiKey, str]:
+) -> NewApiKey:
     """Mint a key for the member behind the credential (a service key's keys: service keys)."""
     if role.rank > principal.role.rank:
         raise Forbidden("cannot create a key with a role above your own")
@@ -269,7 +283,7 @@ def create_api_key(
         expires_at=expires_at,
     )
     audit.set_resource("api_key", row.id, name=name, role=role.value, owner=row.owner_user_id)
-    return row, key
+    return NewApiKey(row, key)
 
 
 def revoke_api_key(
@@ -397,12 +411,63 @@ def looks_like_api_key(token: str) -> bool:
     return token.startswith(API_KEY_PREFIX)
 
 
+def cached_principal(cache: ApiKeyCache, token: str) -> Principal | None:
+    """The principal of an API key from the cache (no database), or None on a miss.
+
+    The key's own expiry is checked on every hit: a cached key that has expired meanwhile
+    is refused at once (401), not looked up again.
+    """
+    if not looks_like_api_key(token):
+        return None
+    hit = cache.get(sha256_hex(token))
+    if hit is None:
+        return None
+    principal, expires_at = hit
+    if expires_at is not None and expires_at <= utcnow():
+        raise Unauthorized("invalid credentials")
+    return principal
+
+
+def authenticate(
+    sessions: Callable[[], Session], token: str, *, key: bytes, cache: ApiKeyCache
+) -> Principal:
+    """Who ``token`` is: an API key (cache, then database) or an access token (JWT, whose
+    membership is re-read from the database). Every failure is the same 401.
+
+    Runs its own short transaction, so it can run before the request's unit of work (the
+    platform middleware authenticates before a body is read). An API key found in the
+    database is cached unless the cache was invalidated while it was being read.
+    """
+    principal = cached_principal(cache, token)
+    if principal is not None:
+        return principal
+    generation = cache.generation()  # taken before reading: a concurrent invalidation wins
+    if not looks_like_api_key(token):
+        with sessions() as session, session.begin():
+            principal = resolve_access_token(session, key, token)
+        if principal is None:
+            raise Unauthorized("invalid credentials")
+        return principal
+    with sessions() as session, session.begin():
+        found = resolve_api_key(session, token)
+    if found is None:
+        raise Unauthorized("invalid credentials")
+    principal, expires_at = found
+    cache.put(sha256_hex(token), principal, expires_at, generation=generation)  # once committed
+    return principal
+
+
 @dataclass(frozen=True)
 class Tokens:
     access_token: str
     refresh_token: str
     expires_in: int
     org_slug: str
+    token_type: str = "bearer"
+
+    @property
+    def organization(self) -> str:
+        return self.org_slug
 
 
 def _issue_tokens(
@@ -532,6 +597,49 @@ def password_login(
         throttle.release(account, address, success=success)
 
 
+@dataclass(frozen=True)
+class TokenGrant:
+    """An OAuth2 token request (RFC 6749 §4.3 password grant, §6 refresh), as posted."""
+
+    grant_type: str
+    username: str | None
+    password: str | None
+    refresh_token: str | None
+    scope: str | None
+    client_address: str | None
+
+
+def grant_tokens(
+    session: Session,
+    passwords: Passwords,
+    throttle: LoginThrottle,
+    key: bytes,
+    grant: TokenGrant,
+    settings: AuthSettings,
+) -> Tokens:
+    """The token endpoint: a password login (throttled) or a refresh-token rotation."""
+    ttls = {"access_ttl": settings.access_token_ttl_s, "refresh_ttl": settings.refresh_token_ttl_s}
+    if grant.grant_type == "refresh_token":
+        if not grant.refresh_token:
+            raise BadRequest("refresh_token is required for grant_type=refresh_token")
+        return refresh(session, key, grant.refresh_token, **ttls)
+    if grant.grant_type == "password":
+        if not grant.username or grant.password is None:
+            raise BadRequest("username and password are required for grant_type=password")
+        return password_login(
+            session,
+            passwords,
+            throttle,
+            key,
+            username=grant.username,
+            password=grant.password,
+            scope=grant.scope,
+            client_address=grant.client_address,
+            **ttls,
+        )
+    raise BadRequest("grant_type must be 'password' or 'refresh_token'")
+
+
 def refresh(
     session: Session, key: bytes, token: str, *, access_ttl: int, refresh_ttl: int
 ) -> Tokens:
@@ -601,6 +709,30 @@ def get_member(session: Session, principal: Principal, user_id: str) -> Membersh
     if row is None:
         raise NotFound("member", user_id)
     return row
+
+
+@dataclass(frozen=True)
+class Me:
+    """Who a credential is (``GET /me``)."""
+
+    organization: Organization
+    role: Role
+    actor_type: str
+    actor_id: str
+    email: str | None = None
+    api_key_name: str | None = None
+
+
+def whoami(session: Session, principal: Principal) -> Me:
+    org = session.get(Organization, principal.org_id)
+    if org is None:  # deleted after authentication: as if the credential were unknown
+        raise NotFound("organization", principal.org_id)
+    email = key_name = None
+    if principal.actor_type == "user":
+        email = get_member(session, principal, principal.actor_id).user.email
+    elif principal.actor_type == "api_key":
+        key_name = get_current_api_key(session, principal).name
+    return Me(org, principal.role, principal.actor_type, principal.actor_id, email, key_name)
 
 
 def _check_role_change(principal: Principal, old: Role | None, new: Role | None) -> None:

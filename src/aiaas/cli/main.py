@@ -101,7 +101,8 @@ def serve(
             settings.auth.argon2_parallelism,
         )
         created = auth_service.bootstrap_if_empty(session, passwords)
-        from aiaas.data.service import sweep_orphans, sweep_scratch
+        from aiaas.data.scratch import sweep_scratch
+        from aiaas.data.sweep import sweep_orphans
         from aiaas.storage import get_store
 
         # Crash leftovers: scratch of dead processes (provably dead: at once), stored files
@@ -141,7 +142,7 @@ def _start_sweeper(settings: Any, store: Any) -> None:
     """Sweep crash leftovers every ``sweep_interval_s`` in this (the serving) process."""
     import threading
 
-    from aiaas.data.service import sweep_periodically
+    from aiaas.data.sweep import sweep_periodically
 
     if settings.data.sweep_interval_s > 0:
         stop = threading.Event()  # never set: the daemon thread ends with the process

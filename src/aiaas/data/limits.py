@@ -5,14 +5,19 @@ The engine dataclasses (:class:`~aiaas.data.ingest.IngestLimits`,
 :class:`~aiaas.data.sql.SqlLimits`) have no defaults for anything an operator can set: a
 limit exists once, in :class:`aiaas.settings.DataSettings`, and reaches an engine only
 through these functions. Tests build theirs the same way from ``Settings()``.
+:class:`~aiaas.data.recipes.RecipeContext` also carries the organization's PII hashing key,
+derived from the platform secret that the app resolved once.
 """
 
 from __future__ import annotations
 
 from aiaas.data.ingest import IngestLimits
 from aiaas.data.ingest_worker import Isolation
+from aiaas.data.pii import org_hash_key
 from aiaas.data.profile import ProfileLimits
+from aiaas.data.recipes import RecipeContext
 from aiaas.data.sql import SqlLimits
+from aiaas.data.sql_import import ImportLimits
 from aiaas.settings import Settings
 
 
@@ -58,4 +63,22 @@ def sql_limits(settings: Settings) -> SqlLimits:
         memory_limit=d.sql_memory_limit,
         threads=d.sql_threads,
         address_bytes=d.sql_address_space_bytes,
+    )
+
+
+def import_limits(settings: Settings) -> ImportLimits:
+    d = settings.data
+    return ImportLimits(
+        allowed_hosts=tuple(d.import_allowed_hosts),
+        max_rows=d.import_max_rows,
+        statement_timeout_s=d.import_statement_timeout_s,
+    )
+
+
+def recipe_context(settings: Settings, secret_key: bytes, org_id: str) -> RecipeContext:
+    d = settings.data
+    return RecipeContext(
+        hash_key=org_hash_key(secret_key, org_id),
+        memory_limit=d.duckdb_memory_limit,
+        threads=d.duckdb_threads,
     )

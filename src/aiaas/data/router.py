@@ -1,10 +1,9 @@
-"""Dataset and SQL routes (thin: parse, call the service, shape the response)."""
+"""Dataset and SQL routes (thin: one service call each, ORM objects through response_model)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
@@ -13,28 +12,30 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 
-from aiaas.api.deps import SessionDep, SettingsDep, StoreDep, require
-from aiaas.api.pagination import Page, PageDep, paginate
+from aiaas.api.deps import DataDep, PageDep, SessionDep, require
 from aiaas.auth.permissions import Action
 from aiaas.auth.principal import Principal
+from aiaas.data import export
 from aiaas.data import service as data_service
+from aiaas.data.context import DataContext
+from aiaas.data.conversion import UploadedFile
 from aiaas.data.models import Dataset, DatasetVersion
 from aiaas.data.schemas import (
     DESCRIPTION_MAX,
     VERSION_MAX,
-    AppendRows,
+    DatasetImport,
     DatasetRead,
     DatasetUpdate,
     DatasetVersionRead,
-    ImportRequest,
-    SqlRequest,
-    SqlResponse,
-    TransformRequest,
-    clean_description,
-    clean_name,
+    RowsAppend,
+    SqlQuery,
+    SqlResultRead,
+    VersionTransform,
+    dataset_create_form,
 )
-from aiaas.data.upload import Upload, receive_upload
-from aiaas.errors import InvalidInput
+from aiaas.data.scratch import new_work_dir, remove_work_dir
+from aiaas.data.upload import receive_upload
+from aiaas.db.pagination import Page
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -72,79 +73,66 @@ _UPLOAD_DOC: dict[str, Any] = {
 }
 
 
-async def _with_upload(request: Request, settings: Any, use: Callable[[Upload], T]) -> T:
-    """Receive the multipart upload, hand it to ``use`` in a worker thread, always clean up."""
-    wd = data_service.new_work_dir(settings)
+async def _with_upload(request: Request, ctx: DataContext, use: Callable[[UploadedFile], T]) -> T:
+    """Receive the multipart upload, hand it to ``use`` in a worker thread, always clean up.
+
+    The route is ``async`` only to stream the body to disk; every database call of ``use``
+    runs in the worker thread, never on the event loop.
+    """
+    wd = await anyio.to_thread.run_sync(new_work_dir, ctx.settings)
     try:
         started = time.perf_counter()
-        upload = await receive_upload(request, wd / "upload", settings.limits.max_upload_bytes)
+        max_bytes = ctx.settings.limits.max_upload_bytes
+        upload = await receive_upload(request, wd / "upload", max_bytes)
         log.info(
             "upload_received", bytes=upload.size, receive_s=round(time.perf_counter() - started, 3)
         )
-        return await anyio.to_thread.run_sync(lambda: use(upload))
+        received = UploadedFile(
+            upload.file, upload.filename, upload.size, upload.sha256, upload.fields
+        )
+        return await anyio.to_thread.run_sync(lambda: use(received))
     finally:
-        await anyio.to_thread.run_sync(data_service.remove_work_dir, wd)
+        await anyio.to_thread.run_sync(remove_work_dir, wd)
 
 
 @datasets_router.post("", status_code=201, response_model=DatasetRead, openapi_extra=_UPLOAD_DOC)
 async def create_dataset(
     request: Request,
     session: SessionDep,
-    settings: SettingsDep,
-    store: StoreDep,
+    ctx: DataDep,
     principal: Principal = require(Action.DATASET_WRITE),
 ) -> Dataset:
     """Upload a file (CSV/TSV, gzip, Parquet, JSON Lines) as version 1 of a new dataset."""
 
-    def create(upload: Upload) -> Dataset:
-        try:
-            name = clean_name(upload.fields.get("name") or Path(upload.filename or "").stem)
-        except ValueError as exc:
-            raise InvalidInput(f"invalid dataset name: {exc}") from None
-        description = upload.fields.get("description") or None
-        try:
-            description = None if description is None else clean_description(description)
-        except ValueError as exc:
-            raise InvalidInput(f"invalid description: {exc}") from None
+    def create(upload: UploadedFile) -> Dataset:
+        form = dataset_create_form(upload.fields, upload.filename)
         return data_service.create_dataset(
-            session,
-            principal,
-            store,
-            settings,
-            name=name,
-            description=description,
-            upload=upload.file,
-            filename=upload.filename,
-            size=upload.size,
-            sha256=upload.sha256,
-            fields=upload.fields,
+            session, principal, ctx, name=form.name, description=form.description, upload=upload
         )
 
-    return await _with_upload(request, settings, create)
+    return await _with_upload(request, ctx, create)
 
 
 @datasets_router.get("", response_model=Page[DatasetRead])
 def list_datasets(
     session: SessionDep, params: PageDep, principal: Principal = require(Action.DATASET_READ)
-) -> Page[Any]:
+) -> Page[Dataset]:
     """List the organization's datasets, newest first."""
-    return paginate(session, data_service.list_datasets_stmt(principal), params, Dataset)
+    return data_service.list_datasets(session, principal, params)
 
 
 @datasets_router.post("/import", status_code=201, response_model=DatasetRead)
 def import_dataset(
-    body: ImportRequest,
+    body: DatasetImport,
     session: SessionDep,
-    settings: SettingsDep,
-    store: StoreDep,
+    ctx: DataDep,
     principal: Principal = require(Action.DATASET_IMPORT),
 ) -> Dataset:
     """Create a dataset from a query on an allow-listed PostgreSQL database (admins)."""
     return data_service.import_dataset(
         session,
         principal,
-        store,
-        settings,
+        ctx,
         name=body.name,
         description=body.description,
         url=body.url,
@@ -177,11 +165,11 @@ def update_dataset(
 def delete_dataset(
     dataset_id: str,
     session: SessionDep,
-    store: StoreDep,
+    ctx: DataDep,
     principal: Principal = require(Action.DATASET_DELETE),
 ) -> Response:
     """Delete a dataset, all its versions and their files."""
-    data_service.delete_dataset(session, principal, store, dataset_id)
+    data_service.delete_dataset(session, principal, ctx, dataset_id)
     return Response(status_code=204)
 
 
@@ -203,41 +191,31 @@ async def add_version(
     dataset_id: str,
     request: Request,
     session: SessionDep,
-    settings: SettingsDep,
-    store: StoreDep,
+    ctx: DataDep,
     principal: Principal = require(Action.DATASET_WRITE),
 ) -> DatasetVersion:
     """Upload a file as the next version of a dataset."""
-    data_service.get_dataset(session, principal, dataset_id)  # 404 before reading the body
+    # 404 before reading the body; in a worker thread, as every database call of this route
+    await anyio.to_thread.run_sync(data_service.get_dataset, session, principal, dataset_id)
 
-    def add(upload: Upload) -> DatasetVersion:
+    def add(upload: UploadedFile) -> DatasetVersion:
         return data_service.add_version_from_file(
-            session,
-            principal,
-            store,
-            settings,
-            dataset_id,
-            upload=upload.file,
-            filename=upload.filename,
-            size=upload.size,
-            sha256=upload.sha256,
-            fields=upload.fields,
+            session, principal, ctx, dataset_id, upload=upload
         )
 
-    return await _with_upload(request, settings, add)
+    return await _with_upload(request, ctx, add)
 
 
 @datasets_router.post("/{dataset_id}/rows", status_code=201, response_model=DatasetVersionRead)
 def append_rows(
     dataset_id: str,
-    body: AppendRows,
+    body: RowsAppend,
     session: SessionDep,
-    settings: SettingsDep,
-    store: StoreDep,
+    ctx: DataDep,
     principal: Principal = require(Action.DATASET_WRITE),
 ) -> DatasetVersion:
     """Append JSON records to the latest version, giving a new version."""
-    return data_service.append_rows(session, principal, store, settings, dataset_id, body.records)
+    return data_service.append_rows(session, principal, ctx, dataset_id, body.records)
 
 
 @datasets_router.get("/{dataset_id}/versions/{number}", response_model=DatasetVersionRead)
@@ -256,11 +234,11 @@ def get_profile(
     dataset_id: str,
     number: VersionNumber,
     session: SessionDep,
-    store: StoreDep,
+    ctx: DataDep,
     principal: Principal = require(Action.DATASET_READ),
 ) -> dict[str, Any]:
     """The profile and quality report computed when the version was created."""
-    return data_service.get_profile(session, principal, store, dataset_id, number)
+    return data_service.get_profile(session, principal, ctx, dataset_id, number)
 
 
 @datasets_router.get("/{dataset_id}/versions/{number}/download")
@@ -268,26 +246,24 @@ def download_version(
     dataset_id: str,
     number: int,
     session: SessionDep,
-    settings: SettingsDep,
-    store: StoreDep,
+    ctx: DataDep,
     format: Annotated[Literal["csv", "parquet"], Query()] = "csv",
     principal: Principal = require(Action.DATASET_READ),
 ) -> StreamingResponse:
     """Download a version as CSV (converted on the fly) or as its Parquet file."""
     version = data_service.get_version(session, principal, dataset_id, number)
     dataset = data_service.get_dataset(session, principal, dataset_id)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in dataset.name)[:100] or "data"
-    filename = f"{safe}-v{number}.{format}"
+    filename = data_service.download_name(dataset, number, format)
     headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
     if format == "parquet":
         headers["Content-Length"] = str(version.bytes)
         return StreamingResponse(
-            data_service.parquet_chunks(store, version),
+            export.parquet_chunks(ctx.store, version),
             media_type="application/vnd.apache.parquet",
             headers=headers,
         )
     return StreamingResponse(
-        data_service.csv_chunks(store, settings, version),
+        export.csv_chunks(ctx.store, ctx.settings, version),
         media_type="text/csv; charset=utf-8",
         headers=headers,
     )
@@ -301,34 +277,32 @@ def download_version(
 def transform_version(
     dataset_id: str,
     number: VersionNumber,
-    body: TransformRequest,
+    body: VersionTransform,
     session: SessionDep,
-    settings: SettingsDep,
-    store: StoreDep,
+    ctx: DataDep,
     principal: Principal = require(Action.DATASET_WRITE),
 ) -> DatasetVersion:
     """Apply a cleaning recipe to a version; the result is the dataset's next version."""
     return data_service.transform_version(
-        session, principal, store, settings, dataset_id, number, list(body.steps)
+        session, principal, ctx, dataset_id, number, list(body.steps)
     )
 
 
 @sql_router.post(
     "",
-    response_model=SqlResponse,
+    response_model=SqlResultRead,
     responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
 )
 def run_sql(
-    body: SqlRequest,
+    body: SqlQuery,
     session: SessionDep,
-    settings: SettingsDep,
-    store: StoreDep,
+    ctx: DataDep,
     principal: Principal = require(Action.SQL_QUERY),
 ) -> StreamingResponse:
     """Run one read-only SQL query over your datasets (views by name; ``"name@N"``)."""
     # The result is complete and checked (spooled to a file) before anything is sent, so
     # every failure is still a problem response; the body is then streamed row by row.
-    result = data_service.run_sql(session, principal, store, settings, body.query)
+    result = data_service.run_sql(session, principal, ctx, body.query)
     if body.format == "csv":
         return StreamingResponse(result.csv_chunks(), media_type="text/csv; charset=utf-8")
     return StreamingResponse(

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import math
-import unicodedata
 from datetime import datetime
-from typing import Any, Literal
+from pathlib import PurePath
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from aiaas.data.recipes import Step
+from aiaas.errors import InvalidInput
+from aiaas.schemas import Name, StrictModel
+from aiaas.schemas import clean_name as clean_display_name
 
-_FORBIDDEN_NAME_CHARS = {"@", "/", "\\", '"', "\x00"}
+#: Characters a dataset name cannot hold on top of :data:`aiaas.schemas.Name`'s rules: they
+#: would clash with SQL view names (``name@N``) and quoting.
+_FORBIDDEN_NAME_CHARS = frozenset({"@", "/", "\\", '"'})
 DESCRIPTION_MAX = 2000  # characters of a dataset description (the column is String(2000))
 VERSION_MAX = 2**31 - 1  # version numbers are 32-bit integers in the database
 _INT64 = (-(2**63), 2**63 - 1)
@@ -75,11 +80,9 @@ def refuse_unstorable(value: Any, where: str = "") -> None:
         raise ValueError(f"{where or 'the body'}: {problem}")
 
 
-class _Input(BaseModel):
+class _StorableInput(StrictModel):
     """A request body of the data domain: unknown fields refused, and no value that cannot
     be stored (see :func:`refuse_unstorable`) reaches a service."""
-
-    model_config = ConfigDict(extra="forbid")
 
     @model_validator(mode="before")
     @classmethod
@@ -89,18 +92,16 @@ class _Input(BaseModel):
 
 
 def clean_name(value: str) -> str:
-    """NFC-normalise a dataset name; refuse control/bidi characters and SQL-view clashes."""
-    value = unicodedata.normalize("NFC", value.strip())
-    if not value:
-        raise ValueError("the name is empty")
-    if len(value) > 200:
-        raise ValueError("the name is longer than 200 characters")
+    """A dataset name: a :data:`~aiaas.schemas.Name` that is also a usable SQL view name."""
+    value = clean_display_name(value)
     for ch in value:
-        if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn") or ch in (
-            _FORBIDDEN_NAME_CHARS
-        ):
+        if ch in _FORBIDDEN_NAME_CHARS:
             raise ValueError(f"the name contains a forbidden character {ch!r}")
     return value
+
+
+DatasetName = Annotated[Name, AfterValidator(clean_name)]
+Description = Annotated[str, Field(max_length=DESCRIPTION_MAX), AfterValidator(clean_description)]
 
 
 class ColumnSchema(BaseModel):
@@ -140,65 +141,63 @@ class DatasetRead(BaseModel):
     version: DatasetVersionRead | None
 
 
-class DatasetUpdate(_Input):
-    name: str | None = Field(None, max_length=200)
-    description: str | None = Field(None, max_length=DESCRIPTION_MAX)
+class DatasetCreate(StrictModel):
+    """The form fields of ``POST /datasets`` beside the file (see :func:`dataset_create_form`)."""
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str | None) -> str | None:
-        return None if value is None else clean_name(value)
-
-    @field_validator("description")
-    @classmethod
-    def _description(cls, value: str | None) -> str | None:
-        return None if value is None else clean_description(value)
+    name: DatasetName
+    description: Description | None = None
 
 
-class AppendRows(BaseModel):
+def dataset_create_form(fields: dict[str, str], filename: str | None) -> DatasetCreate:
+    """Name and description of a new dataset from an upload's form fields; the name
+    defaults to the file's stem. 422 naming the field that is wrong."""
+    try:
+        name = clean_name(fields.get("name") or PurePath(filename or "").stem)
+    except ValueError as exc:
+        raise InvalidInput(f"invalid dataset name: {exc}") from None
+    try:
+        description = fields.get("description") or None
+        description = None if description is None else clean_description(description)
+    except ValueError as exc:
+        raise InvalidInput(f"invalid description: {exc}") from None
+    return DatasetCreate.model_construct(name=name, description=description)
+
+
+class DatasetUpdate(_StorableInput):
+    name: DatasetName | None = None
+    description: Description | None = None
+
+
+class RowsAppend(StrictModel):
     """Records are checked by the service (``check_records``), which names row and column."""
-
-    model_config = ConfigDict(extra="forbid")
 
     records: list[dict[str, Any]] = Field(min_length=1)
 
 
-class TransformRequest(_Input):
+class VersionTransform(_StorableInput):
     steps: list[Step] = Field(min_length=1, max_length=100)
 
 
-class ImportRequest(_Input):
-    name: str = Field(max_length=200)
-    description: str | None = Field(None, max_length=DESCRIPTION_MAX)
+class DatasetImport(_StorableInput):
+    name: DatasetName
+    description: Description | None = None
     url: str = Field(max_length=2000, description="postgresql://user:password@host:port/db")
     query: str = Field(min_length=1, max_length=100_000)
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        return clean_name(value)
 
-    @field_validator("description")
-    @classmethod
-    def _description(cls, value: str | None) -> str | None:
-        return None if value is None else clean_description(value)
-
-
-class SqlRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SqlQuery(StrictModel):
     query: str = Field(min_length=1, max_length=100_000)
     format: Literal["json", "csv"] = "json"
 
 
-class SqlColumn(BaseModel):
+class SqlColumnRead(BaseModel):
     name: str
     type: str
     physical: str
 
 
-class SqlResponse(BaseModel):
-    columns: list[SqlColumn]
+class SqlResultRead(BaseModel):
+    columns: list[SqlColumnRead]
     rows: list[list[Any]]
     row_count: int
     truncated: bool

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Select, and_, or_
 from sqlalchemy.orm import Session
 
@@ -25,6 +25,10 @@ T = TypeVar("T")
 
 
 class Page(BaseModel, Generic[T]):
+    """One page of ``T``. A service returns ``Page[OrmModel]``; the route declares
+    ``response_model=Page[XRead]``, which reads the ORM objects by attribute."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)  # T may be an ORM class
     items: list[T]
     next_cursor: str | None = None
 
