@@ -13,7 +13,8 @@
     ├── InvalidInput (422 invalid_input)
     ├── TooManyRequests (429 too_many_requests)
     │   └── QuotaExceeded (429 quota_exceeded)
-    └── ServiceUnavailable (503 unavailable)
+    ├── ServiceUnavailable (503 unavailable)
+    └── InsufficientStorage (507 insufficient_storage)
 
 Domain code raises these; one handler in :mod:`aiaas.api.errors` renders them as RFC 9457
 ``application/problem+json``. A bare ``ValueError`` escaping a service is a bug and stays a 500.

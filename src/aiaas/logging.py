@@ -25,16 +25,17 @@ def redact_text(text: str) -> str:
     return _BEARER.sub(r"\1[redacted]", _URL_PASSWORD.sub(r"\1[redacted]@", text))
 
 
-def _redact(value: Any) -> Any:
+def redact(value: Any) -> Any:
+    """``value`` with secrets masked: values under secret-looking keys, and credentials in text."""
     if isinstance(value, str):
         return redact_text(value)
     if isinstance(value, dict):
         return {
-            k: "[redacted]" if isinstance(k, str) and _SECRET_KEY.search(k) else _redact(v)
+            k: "[redacted]" if isinstance(k, str) and _SECRET_KEY.search(k) else redact(v)
             for k, v in value.items()
         }
     if isinstance(value, list | tuple):
-        return [_redact(v) for v in value]
+        return [redact(v) for v in value]
     return value
 
 
@@ -45,7 +46,7 @@ def redact_processor(
         if _SECRET_KEY.search(key):
             event_dict[key] = "[redacted]"
         else:
-            event_dict[key] = _redact(event_dict[key])
+            event_dict[key] = redact(event_dict[key])
     return event_dict
 
 

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from aiaas.api.app import PUBLIC_ROUTES, create_app
-from aiaas.api.routes import route_policies
+from aiaas.api.route_table import route_policies
 from aiaas.api.state import app_state
 from aiaas.auth.models import AuditEvent
 from aiaas.db import get_session_factory

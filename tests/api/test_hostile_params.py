@@ -12,7 +12,7 @@ import re
 import pytest
 
 from aiaas.api.app import PUBLIC_ROUTES
-from aiaas.api.routes import route_policies
+from aiaas.api.route_table import route_policies
 from aiaas.api.state import app_state
 
 #: Raw JSON texts, spliced into bodies as they are (NaN and 1e400 are not valid JSON).

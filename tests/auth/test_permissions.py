@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from aiaas.api.app import PUBLIC_ROUTES
-from aiaas.api.routes import iter_routes
+from aiaas.api.route_table import iter_routes
 from aiaas.auth.permissions import PERMISSIONS, Action, Role
 from tests.helpers import assert_problem
 
@@ -93,7 +93,8 @@ def _actions(dependant):
 
 
 def test_every_route_is_public_or_requires_an_action(app):
-    missing, checked = [], set()
+    missing: list[tuple[str, list[str]]] = []
+    checked: set[tuple[str, str]] = set()
     for info in iter_routes(app):
         if info.path in PUBLIC_ROUTES:
             continue

@@ -11,8 +11,8 @@ import aiaas
 from aiaas.api.errors import install_error_handlers
 from aiaas.api.health import router as health_router
 from aiaas.api.middleware import PlatformMiddleware
+from aiaas.api.route_table import route_policies, route_templates
 from aiaas.api.routers import ROUTERS
-from aiaas.api.routes import route_policies, route_templates
 from aiaas.api.state import AppState
 from aiaas.auth.cache import ApiKeyCache, LoginThrottle
 from aiaas.auth.passwords import Passwords

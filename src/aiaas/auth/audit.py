@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from aiaas.auth.models import AuditEvent
-from aiaas.logging import _redact
+from aiaas.logging import redact
 
 
 @dataclass
@@ -50,7 +50,7 @@ def set_resource(resource_type: str, resource_id: str | None, **details: Any) ->
     """Name what the current request acted on (and non-secret details)."""
     if (ctx := _current.get()) is not None:
         ctx.resource_type, ctx.resource_id = resource_type, resource_id
-        ctx.details.update(_redact(details))
+        ctx.details.update(redact(details))
 
 
 def outcome_for(status: int) -> str:

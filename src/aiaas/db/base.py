@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import DateTime, MetaData, Select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
-if TYPE_CHECKING:
-    from aiaas.auth.principal import Principal
+
+class Tenant(Protocol):
+    """Whoever a query is scoped to (``aiaas.auth.principal.Principal`` is one)."""
+
+    @property
+    def org_id(self) -> str: ...
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -61,7 +65,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 S = TypeVar("S", bound=Select[Any])
 
 
-def scoped(stmt: S, principal: Principal) -> S:
+def scoped(stmt: S, principal: Tenant) -> S:
     """Restrict a select to the principal's organization.
 
     Every entity in the select's FROM that has an ``org_id`` column is filtered, so another
