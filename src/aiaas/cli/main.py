@@ -10,11 +10,14 @@ import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from aiaas.errors import AiaasError, Conflict, InvalidInput, NotFound
+
+if TYPE_CHECKING:
+    from aiaas.auth.service import Bootstrap
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -112,18 +115,7 @@ def serve(
         sweep_orphans(session, store, older_than_s=settings.data.orphan_min_age_s)
     base = f"http://{host}:{port}"
     if created is not None:
-        typer.echo(
-            "\nFirst start: created organization "
-            f"'{created.org_slug}' and its owner account (shown once — store it now):\n"
-            f"  email:    {created.email}\n  password: {created.password}\n\n"
-            "Log in and call the API:\n"
-            f"  TOKEN=$(curl -s -d 'username={created.email}' --data-urlencode "
-            f"'password=<password>' {base}/api/v1/auth/token | python3 -c "
-            "'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')\n"
-            f'  curl -H "Authorization: Bearer $TOKEN" {base}/api/v1/me\n'
-            "Or create an API key:\n"
-            f"  aiaas admin create-api-key --org {created.org_slug} --role admin --name cli\n"
-        )
+        typer.echo(_first_start_message(created, base))
     typer.echo(f"aiaas serving on {base}  (docs: {base}/docs, metrics: {base}/metrics)")
     _start_sweeper(settings, store)
     uvicorn.run(
@@ -135,6 +127,22 @@ def serve(
         access_log=False,
         proxy_headers=False,
         http="aiaas.api.server:GuardedHttpToolsProtocol",  # header size and time limits
+    )
+
+
+def _first_start_message(created: Bootstrap, base: str) -> str:
+    """What the first start prints once: the owner's account and how to call the API."""
+    return (
+        "\nFirst start: created organization "
+        f"'{created.org_slug}' and its owner account (shown once — store it now):\n"
+        f"  email:    {created.email}\n  password: {created.password}\n\n"
+        "Log in and call the API:\n"
+        f"  TOKEN=$(curl -s -d 'username={created.email}' --data-urlencode "
+        f"'password=<password>' {base}/api/v1/auth/token | python3 -c "
+        "'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')\n"
+        f'  curl -H "Authorization: Bearer $TOKEN" {base}/api/v1/me\n'
+        "Or create an API key:\n"
+        f"  aiaas admin create-api-key --org {created.org_slug} --role admin --name cli\n"
     )
 
 

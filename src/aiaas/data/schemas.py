@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from aiaas.data.recipes import Step
+from aiaas.data.types import ColumnType
 from aiaas.errors import InvalidInput
 from aiaas.schemas import Name, StrictModel
 from aiaas.schemas import clean_name as clean_display_name
@@ -106,7 +107,7 @@ Description = Annotated[str, Field(max_length=DESCRIPTION_MAX), AfterValidator(c
 
 class ColumnSchema(BaseModel):
     name: str
-    type: Literal["integer", "float", "boolean", "string", "categorical", "datetime"]
+    type: ColumnType
     physical: str
     nullable: bool
 

@@ -99,6 +99,19 @@ def child_env() -> dict[str, str]:
     }
 
 
+def _envelope(request: dict[str, Any], limits: ChildLimits, paths: ChildPaths) -> dict[str, Any]:
+    """What the child reads on stdin: its sandbox (applied by ``child.start``) and request."""
+    return {
+        "sandbox": {
+            "limits": asdict(limits),
+            "read": [str(p) for p in paths.read],
+            "write": [str(p) for p in paths.write],
+            "landlock": paths.landlock,
+        },
+        "request": request,
+    }
+
+
 def run_child(
     module: str,
     request: dict[str, Any],
@@ -113,15 +126,7 @@ def run_child(
     With ``on_output``, stdout is handed over chunk by chunk as it arrives (still bounded by
     ``max_output_bytes``); an exception raised there kills the child and propagates.
     """
-    envelope = {
-        "sandbox": {
-            "limits": asdict(limits),
-            "read": [str(p) for p in paths.read],
-            "write": [str(p) for p in paths.write],
-            "landlock": paths.landlock,
-        },
-        "request": request,
-    }
+    envelope = _envelope(request, limits, paths)
     proc = subprocess.Popen(
         child_command(module),
         stdin=subprocess.PIPE,
