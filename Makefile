@@ -5,9 +5,15 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
+# `make test` and `make cov` fail when src/aiaas is less covered than COV_FLOOR percent: the
+# level measured without ../shared/datasets (83.4; 86.2 with them), rounded down. Code that runs
+# only in sandboxed children (the ingest and SQL workers) is not measured. `make test COV=` runs
+# without coverage.
+COV_FLOOR ?= 83
+COV    := --cov=src/aiaas --cov-fail-under=$(COV_FLOOR)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-postgres lint fmt typecheck bench migrate-check check clean
+.PHONY: help install run test cov test-postgres lint fmt typecheck bench migrate-check check clean
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-15s %s\n", $$1, $$2}'
@@ -24,8 +30,11 @@ install: $(STAMP) ## create .venv and install the locked dependencies
 run: $(STAMP) ## start the platform on http://$(HOST):$(PORT)
 	$(BIN)/aiaas serve --host $(HOST) --port $(PORT)
 
-test: $(STAMP) ## run the test suite (PostgreSQL tests run when AIAAS_TEST_POSTGRES_URL is set)
-	$(BIN)/python -m pytest -n 2 -q
+test: $(STAMP) ## run the test suite with the coverage floor (PostgreSQL tests run when AIAAS_TEST_POSTGRES_URL is set)
+	$(BIN)/python -m pytest -n 2 -q $(COV) --cov-report=
+
+cov: $(STAMP) ## make test, and the missing lines of every file not fully covered
+	$(BIN)/python -m pytest -n 2 -q $(COV) --cov-report=term-missing:skip-covered
 
 lint: $(STAMP) ## ruff + mypy
 	$(BIN)/ruff format --check src tests benchmarks
@@ -48,4 +57,4 @@ bench: $(STAMP) ## run the benchmarks (BENCH="auth ingest" picks some); results 
 check: lint migrate-check test ## what CI runs
 
 clean: ## remove the virtual environment and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* htmlcov

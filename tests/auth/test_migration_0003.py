@@ -8,6 +8,7 @@ one family each. Downgrading merges the accounts back.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -168,7 +169,7 @@ def test_upgrade_splits_accounts_assigns_owners_and_downgrade_merges(database_ur
         assert by_org[("org_b", "ann@example.com")][1] == by_org[("org_a", "ann@example.com")][1]
         memberships = dict(_rows(conn, "SELECT id, user_id FROM memberships"))
         assert memberships == {"mem_1": ann_a, "mem_2": ann_b, "mem_3": ann_c, "mem_4": "usr_bob"}
-        refresh = {
+        refresh: dict[Any, Any] = {
             rid: (uid, fam)
             for rid, uid, fam in _rows(conn, "SELECT id, user_id, family_id FROM refresh_tokens")
         }

@@ -154,4 +154,5 @@ def test_cli_api_keys_belong_to_the_organization(data_dir):
     url = Settings(data_dir=data_dir, _env_file=None).resolved_database_url
     with get_session_factory(url)() as session:
         row = session.scalar(select(ApiKey))
+    assert row is not None
     assert (row.role, row.owner_user_id, row.created_by) == ("admin", None, None)

@@ -16,7 +16,9 @@ import io
 import json
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -237,7 +239,7 @@ def test_the_parent_reads_a_bounded_amount():
 # --------------------------------------------------------------------------- internal failures
 
 
-def _errors(logs: list[dict]) -> list[dict]:
+def _errors(logs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return [e for e in logs if e.get("log_level") in ("error", "critical")]
 
 

@@ -65,7 +65,7 @@ def test_a_flood_of_output_is_cut_at_the_bound_and_the_child_killed(tmp_path):
 
 
 def test_a_flood_streamed_to_a_sink_is_bounded_too(tmp_path):
-    seen = []
+    seen: list[bytes] = []
     run = _probe(
         tmp_path,
         {"act": "flood"},
