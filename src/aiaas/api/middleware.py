@@ -38,7 +38,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aiaas.api.problems import problem_body
-from aiaas.api.routes import RoutePolicy
+from aiaas.api.route_table import RoutePolicy
 from aiaas.auth import audit
 from aiaas.errors import AiaasError, TooManyRequests
 from aiaas.monitoring.metrics import HttpMetrics
@@ -57,6 +57,17 @@ _SECURITY_HEADERS = [
 ]
 _CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
 _NO_STORE = (b"cache-control", b"no-store")
+
+#: ``(status, title, code, detail)`` of a problem+json refusal.
+Problem = tuple[int, str, str, str]
+_NUL_IN_URL: Problem = (400, "Bad request", "bad_request", "NUL in URL")
+_BAD_LENGTH: Problem = (400, "Bad request", "bad_request", "invalid Content-Length")
+_INTERNAL: Problem = (
+    500,
+    "Internal error",
+    "internal",
+    "an unexpected error occurred; quote the request id when reporting it",
+)
 
 #: ``authenticate(scope)`` raises :class:`aiaas.errors.Unauthorized` for a bad credential.
 Authenticate = Callable[[Scope], Awaitable[None]]
@@ -95,6 +106,127 @@ def _has_body(headers: dict[bytes, bytes]) -> bool:
     return b"transfer-encoding" in headers
 
 
+def _request_id(headers: dict[bytes, bytes]) -> str:
+    """The client's ``X-Request-ID`` when it is short and plain, else a fresh one."""
+    incoming = headers.get(b"x-request-id", b"").decode("latin-1")
+    return incoming if _REQUEST_ID.match(incoming) else secrets.token_hex(8)
+
+
+def _has_nul(scope: Scope) -> bool:
+    # NUL cannot be stored or compared in PostgreSQL text: refuse it at the edge.
+    return "\x00" in scope["path"] or b"%00" in scope.get("query_string", b"")
+
+
+def _too_large(limit: int) -> Problem:
+    return (
+        413,
+        "Payload too large",
+        "payload_too_large",
+        f"request body exceeds the limit of {limit} bytes",
+    )
+
+
+def _length_problem(declared: bytes | None, limit: int) -> Problem | None:
+    """A ``Content-Length`` that is not a number, or above ``limit``."""
+    if declared is None:
+        return None
+    if not declared.isdigit():
+        return _BAD_LENGTH
+    if int(declared) > limit:
+        return _too_large(limit)
+    return None
+
+
+def _media_type_problem(policy: RoutePolicy, headers: dict[bytes, bytes]) -> Problem | None:
+    """A body of a media type the route does not declare."""
+    content_type = headers.get(b"content-type", b"").decode("latin-1")
+    content_type = content_type.split(";")[0].strip().lower()
+    if policy.accepts(content_type):
+        return None
+    return (
+        415,
+        "Unsupported media type",
+        "unsupported_media_type",
+        f"this route takes {' or '.join(sorted(policy.content_types))}, "
+        f"not {content_type or 'a body without Content-Type'}",
+    )
+
+
+def _audited(method: str, status: int, ctx: audit.AuditContext) -> bool:
+    """State-changing and denied requests are audited, except an anonymous 401 that no service
+    attributed: a credential flood must not grow the audit table."""
+    anonymous_401 = status == 401 and ctx.org_id is None and ctx.resource_type is None
+    return (method in _MUTATING or status in (401, 403)) and not anonymous_401
+
+
+class _Exchange:
+    """One request's state: its id, the headers every response gets, the body limit, the
+    bytes received and the status sent so far.
+
+    The app gets the bound :meth:`receive` and :meth:`send`; one slotted object per request
+    is all the middleware allocates for them. ``downstream_send`` is the server's own
+    ``send``: a refusal goes there, its headers already complete.
+    """
+
+    __slots__ = (
+        "api",
+        "body_done",
+        "body_timeout",
+        "downstream_receive",
+        "downstream_send",
+        "extra_headers",
+        "limit",
+        "received",
+        "request_id",
+        "response_started",
+        "status",
+    )
+
+    def __init__(
+        self, request_id: str, path: str, receive: Receive, send: Send, body_timeout: float
+    ) -> None:
+        self.request_id = request_id
+        self.extra_headers = [(b"x-request-id", request_id.encode()), *_SECURITY_HEADERS]
+        if path not in _HTML_PAGES:
+            self.extra_headers.append(_CSP)
+        self.api = path.startswith("/api/")
+        self.downstream_receive = receive
+        self.downstream_send = send
+        self.body_timeout = body_timeout
+        self.limit = 0  # set by the edge checks before the app runs
+        self.received = 0
+        self.body_done = False
+        self.status = 500
+        self.response_started = False
+
+    async def send(self, message: Message) -> None:
+        """The app's ``send``: records the status and adds the platform's headers."""
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.response_started = True
+            sent = list(message.get("headers", []))
+            if self.api and not any(name.lower() == b"cache-control" for name, _ in sent):
+                sent.append(_NO_STORE)
+            message["headers"] = [*sent, *self.extra_headers]
+        await self.downstream_send(message)
+
+    async def receive(self) -> Message:
+        """The app's ``receive``: every body read has a deadline, and the total a limit."""
+        if self.body_done:
+            return await self.downstream_receive()
+        try:
+            with anyio.fail_after(self.body_timeout):
+                message = await self.downstream_receive()
+        except TimeoutError:
+            raise BodyTimeout(self.body_timeout) from None
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > self.limit:
+                raise BodyTooLarge(self.limit)
+            self.body_done = not message.get("more_body", False)
+        return message
+
+
 class PlatformMiddleware:
     def __init__(
         self,
@@ -130,148 +262,117 @@ class PlatformMiddleware:
                 return policy
         return None
 
+    def body_limit(self, policy: RoutePolicy | None) -> int:
+        """The route's byte limit; a public route that takes a body gets the smaller one."""
+        if policy is None:
+            return self.max_body
+        if policy.public and policy.content_types:
+            return min(policy.max_body, self.max_public_body)
+        return policy.max_body
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
         headers = dict(scope["headers"])
-        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if _REQUEST_ID.match(incoming) else secrets.token_hex(8)
+        request_id = _request_id(headers)
         scope.setdefault("state", {})["request_id"] = request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
-        method: str = scope["method"]
         ctx, token = audit.begin()
-        status = 500
-        response_started = False
-        rid_header = (b"x-request-id", request_id.encode())
-        extra_headers = [rid_header, *_SECURITY_HEADERS]
-        path: str = scope["path"]
-        if path not in _HTML_PAGES:
-            extra_headers.append(_CSP)
-        api = path.startswith("/api/")
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status, response_started
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                response_started = True
-                sent = list(message.get("headers", []))
-                if api and not any(name.lower() == b"cache-control" for name, _ in sent):
-                    sent.append(_NO_STORE)
-                message["headers"] = [*sent, *extra_headers]
-            await send(message)
-
-        async def refuse(code: int, title: str, error_code: str, detail: str) -> None:
-            nonlocal status
-            status = code
-            await self._send_problem(
-                send, code, title, error_code, detail, request_id, extra_headers
-            )
-
+        exchange = _Exchange(request_id, scope["path"], receive, send, self.body_timeout)
         try:
-            if "\x00" in path or b"%00" in scope.get("query_string", b""):
-                # NUL cannot be stored or compared in PostgreSQL text: refuse it at the edge.
-                await refuse(400, "Bad request", "bad_request", "NUL in URL")
-                return
-            policy = self.policy(scope)
-            if policy is None:
-                limit = self.max_body
-            elif policy.public and policy.content_types:
-                limit = min(policy.max_body, self.max_public_body)
-            else:
-                limit = policy.max_body
-            declared = headers.get(b"content-length")
-            if declared is not None and not declared.isdigit():
-                await refuse(400, "Bad request", "bad_request", "invalid Content-Length")
-                return
-            if declared is not None and int(declared) > limit:
-                await refuse(
-                    413,
-                    "Payload too large",
-                    "payload_too_large",
-                    f"request body exceeds the limit of {limit} bytes",
-                )
-                return
-            if policy is not None and policy.content_types and _has_body(headers):
-                content_type = headers.get(b"content-type", b"").decode("latin-1")
-                content_type = content_type.split(";")[0].strip().lower()
-                if not policy.accepts(content_type):
-                    await refuse(
-                        415,
-                        "Unsupported media type",
-                        "unsupported_media_type",
-                        f"this route takes {' or '.join(sorted(policy.content_types))}, "
-                        f"not {content_type or 'a body without Content-Type'}",
-                    )
-                    return
-                if not policy.public:
-                    try:
-                        await self.authenticate(scope)
-                    except AiaasError as exc:
-                        await self._send_error(send, exc, request_id, extra_headers)
-                        status = exc.status
-                        return
-            received = 0
-            body_done = False
-
-            async def receive_wrapper() -> Message:
-                nonlocal received, body_done
-                if body_done:
-                    return await receive()
-                try:
-                    with anyio.fail_after(self.body_timeout):
-                        message = await receive()
-                except TimeoutError:
-                    raise BodyTimeout(self.body_timeout) from None
-                if message["type"] == "http.request":
-                    received += len(message.get("body", b""))
-                    if received > limit:
-                        raise BodyTooLarge(limit)
-                    body_done = not message.get("more_body", False)
-                return message
-
-            try:
-                await self.app(scope, receive_wrapper, send_wrapper)
-            except BodyTooLarge:
-                if not response_started:
-                    await refuse(
-                        413,
-                        "Payload too large",
-                        "payload_too_large",
-                        f"request body exceeds the limit of {limit} bytes",
-                    )
-            except BodyTimeout as exc:
-                if not response_started:
-                    await refuse(408, "Request timeout", "request_timeout", exc.detail)
-            except Exception:
-                log.exception("unhandled_error", path=path)
-                if not response_started:
-                    await refuse(
-                        500,
-                        "Internal error",
-                        "internal",
-                        "an unexpected error occurred; quote the request id when reporting it",
-                    )
-                else:
-                    raise
+            if await self._admit(scope, headers, exchange):
+                await self._run_app(scope, exchange)
         finally:
-            elapsed = time.perf_counter() - started
-            template = route_template(scope, self.templates)
-            self.metrics.observe(method, template, status, elapsed)
-            log.info(
-                "request",
-                method=method,
-                route=template,
-                status=status,
-                duration_ms=round(elapsed * 1000, 2),
-                org_id=ctx.org_id,
-            )
-            anonymous_401 = status == 401 and ctx.org_id is None and ctx.resource_type is None
-            if (method in _MUTATING or status in (401, 403)) and not anonymous_401:
-                await self._audit(scope, ctx, method, template, status, request_id)
+            await self._after_response(scope, exchange, ctx, started)
             audit.end(token)
             structlog.contextvars.unbind_contextvars("request_id")
+
+    async def _admit(self, scope: Scope, headers: dict[bytes, bytes], exchange: _Exchange) -> bool:
+        """Whether the request may reach the app; when not, its refusal has been sent.
+
+        Checked in this order: NUL in the URL, ``Content-Length`` against the route's limit,
+        the body's media type, then credentials for a body bound for a non-public route.
+        """
+        if _has_nul(scope):
+            await self._refuse(exchange, *_NUL_IN_URL)
+            return False
+        policy = self.policy(scope)
+        exchange.limit = self.body_limit(policy)
+        problem = _length_problem(headers.get(b"content-length"), exchange.limit)
+        if problem is not None:
+            await self._refuse(exchange, *problem)
+            return False
+        if policy is None or not policy.content_types or not _has_body(headers):
+            return True
+        problem = _media_type_problem(policy, headers)
+        if problem is not None:
+            await self._refuse(exchange, *problem)
+            return False
+        return policy.public or await self._authenticated(scope, exchange)
+
+    async def _authenticated(self, scope: Scope, exchange: _Exchange) -> bool:
+        """Credentials before the body: a bad one is refused before a byte of it is read."""
+        try:
+            await self.authenticate(scope)
+        except AiaasError as exc:
+            await self._send_error(
+                exchange.downstream_send, exc, exchange.request_id, exchange.extra_headers
+            )
+            exchange.status = exc.status
+            return False
+        return True
+
+    async def _run_app(self, scope: Scope, exchange: _Exchange) -> None:
+        """Run the app; a body cut off, or an error before the response began, is a problem."""
+        try:
+            await self.app(scope, exchange.receive, exchange.send)
+        except BodyTooLarge:
+            if not exchange.response_started:
+                await self._refuse(exchange, *_too_large(exchange.limit))
+        except BodyTimeout as exc:
+            if not exchange.response_started:
+                await self._refuse(exchange, 408, "Request timeout", "request_timeout", exc.detail)
+        except Exception:
+            log.exception("unhandled_error", path=scope["path"])
+            if exchange.response_started:
+                raise
+            await self._refuse(exchange, *_INTERNAL)
+
+    async def _refuse(
+        self, exchange: _Exchange, status: int, title: str, code: str, detail: str
+    ) -> None:
+        exchange.status = status
+        await self._send_problem(
+            exchange.downstream_send,
+            status,
+            title,
+            code,
+            detail,
+            exchange.request_id,
+            exchange.extra_headers,
+        )
+
+    async def _after_response(
+        self, scope: Scope, exchange: _Exchange, ctx: audit.AuditContext, started: float
+    ) -> None:
+        """Metrics, the access-log line and, when due, the audit event."""
+        elapsed = time.perf_counter() - started
+        method: str = scope["method"]
+        template = route_template(scope, self.templates)
+        status = exchange.status
+        self.metrics.observe(method, template, status, elapsed)
+        log.info(
+            "request",
+            method=method,
+            route=template,
+            status=status,
+            duration_ms=round(elapsed * 1000, 2),
+            org_id=ctx.org_id,
+        )
+        if _audited(method, status, ctx):
+            await self._audit(scope, ctx, method, template, status, exchange.request_id)
 
     async def _send_error(
         self, send: Send, exc: AiaasError, request_id: str, extra: list[tuple[bytes, bytes]]
