@@ -133,3 +133,37 @@ def test_text_findings_and_pii_in_profile(tmp_path):
     assert "@example.com" not in str(report)
     assert cols["amount_text"]["type"] == "float"  # DuckDB typed it; not text
     assert report["quality"]["consistency"] < 1.0
+
+
+def test_float_extremes_profile_without_inf_in_sql(tmp_path):
+    """Values near the double's limit: max - min, the bin edges and the IQR fences overflow to
+    inf, which once went into the SQL as a bare ``inf`` (a 500 on upload)."""
+    import json
+    import warnings
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "extremes.parquet"
+    spread = [-1.7e308, 1.7e308] + [float(i) for i in range(50)]
+    halves = [1.7e308] * 26 + [-1.7e308] * 26
+    pq.write_table(pa.table({"spread": spread, "halves": halves}), path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nor a float32 overflow in the anomaly forest
+        report = profile_parquet(path, PROFILE)
+    json.dumps(report, allow_nan=False)  # every number in the report is finite
+    cols = {c["name"]: c for c in report["columns"]}
+    for col in cols.values():
+        edges = col["histogram"]["edges"]
+        assert (edges[0], edges[-1]) == (-1.7e308, 1.7e308)
+        assert edges == sorted(set(edges))  # increasing
+        assert sum(col["histogram"]["counts"]) == 52
+    assert cols["spread"]["histogram"]["counts"][0] == 1
+    assert cols["spread"]["histogram"]["counts"][-1] == 1
+    assert cols["spread"]["outliers"]["count"] == 2
+    fences = cols["halves"]["outliers"]
+    assert (fences["lower"], fences["upper"], fences["count"]) == (
+        -1.7976931348623157e308,
+        1.7976931348623157e308,
+        0,
+    )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import dataclasses
 import errno
 import gzip
 import io
@@ -35,6 +36,7 @@ from typing import Any, Literal
 import duckdb
 
 from aiaas.data.duck import clean_error, connect, qident, qstr
+from aiaas.data.types import FLOAT_TYPES, STORED_INT_TYPES, WIDE_INT_TYPES
 from aiaas.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 MiB = 1024 * 1024
@@ -46,6 +48,10 @@ _CHUNK = 4 * MiB
 csv.field_size_limit(2**31 - 1)  # our own byte limits apply before the csv module sees a record
 _SAMPLE = 256 * 1024
 _DELIMITERS = (",", "\t", ";", "|")
+_SAMPLED = "sample_size=20480"  # rows the type sniffer reads (DuckDB's default)
+_FULL_SCAN = "sample_size=-1"  # every row; used only when a later value broke a sniffed type
+_LABELS: dict[Format, str] = {"csv": "CSV", "jsonl": "JSON", "parquet": "Parquet"}
+_NOT_RECORDS = "JSON input must be objects (records): one object per line, or one array of objects"
 
 
 @dataclass(frozen=True)
@@ -303,17 +309,9 @@ def _normalise(name: str, dtype: str) -> str:
     upper = dtype.upper()
     if upper == "JSON":
         return f"json_extract_string({col}, '$') AS {col}"
-    if upper.startswith("DECIMAL") or upper in ("HUGEINT", "UHUGEINT", "UBIGINT"):
+    if upper.startswith("DECIMAL") or upper in WIDE_INT_TYPES:
         return f"CAST({col} AS DOUBLE) AS {col}"
-    if upper in ("FLOAT", "DOUBLE", "BOOLEAN", "DATE", "VARCHAR") or upper in (
-        "TINYINT",
-        "SMALLINT",
-        "INTEGER",
-        "BIGINT",
-        "UTINYINT",
-        "USMALLINT",
-        "UINTEGER",
-    ):
+    if upper in STORED_INT_TYPES or upper in FLOAT_TYPES or upper in ("BOOLEAN", "DATE", "VARCHAR"):
         return col
     if upper.startswith("TIMESTAMP WITH TIME ZONE"):
         return col
@@ -335,35 +333,94 @@ def csv_buffer_bytes(limits: IngestLimits) -> int:
     return max(16 * MiB, 2 * int(limits.max_line_bytes))
 
 
-def _csv_source(
-    path: Path,
-    *,
-    delim: str,
-    quote: str,
-    escape: str,
-    header: bool,
-    encoding: Encoding,
-    names: list[str] | None,
-    limits: IngestLimits,
-) -> str:
-    opts = [
-        f"delim={qstr(delim)}",
-        f"quote={qstr(quote)}",
-        f"escape={qstr(escape)}",
-        f"header={'true' if header else 'false'}",
-        f"encoding={qstr(encoding)}",
-        "allow_quoted_nulls=false",
-        "strict_mode=true",
-        "null_padding=false",
-        f"max_line_size={int(limits.max_line_bytes)}",
-        # DuckDB's default buffer is 16 x max_line_size (128 MiB per buffer for 8 MiB lines),
-        # which under a 512 MB limit made the conversion 1.6x slower and twice as large.
-        f"buffer_size={csv_buffer_bytes(limits)}",
-        _SAMPLED,
-    ]
-    if names is not None:
-        opts.append("names=[" + ", ".join(qstr(n) for n in names) + "]")
-    return f"read_csv({qstr(str(path))}, {', '.join(opts)})"
+@dataclass(frozen=True)
+class ParquetSource:
+    path: Path
+    label = "Parquet"
+
+    def sql(self) -> str:
+        return f"read_parquet({qstr(str(self.path))})"
+
+
+@dataclass(frozen=True)
+class JsonSource:
+    path: Path
+    max_object_bytes: int
+    full_scan: bool = False  # the type sniffer reads every row, not a sample
+    label = "JSON"
+
+    def sql(self) -> str:
+        return (
+            f"read_json({qstr(str(self.path))}, format='auto', records=true, "
+            f"maximum_object_size={int(self.max_object_bytes)}, "
+            f"{_FULL_SCAN if self.full_scan else _SAMPLED})"
+        )
+
+
+@dataclass(frozen=True)
+class CsvSource:
+    """A ``read_csv(…)`` call, rendered from its options: a retry changes an option (the
+    encoding, the type scan) with :func:`dataclasses.replace`, never the SQL text."""
+
+    path: Path
+    delim: str
+    quote: str
+    escape: str
+    header: bool
+    encoding: Encoding
+    names: tuple[str, ...]  # the header's names, checked in Python: DuckDB takes them as given
+    max_line_bytes: int
+    buffer_bytes: int
+    full_scan: bool = False  # the type sniffer reads every row, not a sample
+    label = "CSV"
+
+    def sql(self) -> str:
+        opts = [
+            f"delim={qstr(self.delim)}",
+            f"quote={qstr(self.quote)}",
+            f"escape={qstr(self.escape)}",
+            f"header={'true' if self.header else 'false'}",
+            f"encoding={qstr(self.encoding)}",
+            "allow_quoted_nulls=false",
+            "strict_mode=true",
+            "null_padding=false",
+            f"max_line_size={int(self.max_line_bytes)}",
+            # DuckDB's default buffer is 16 x max_line_size (128 MiB per buffer for 8 MiB
+            # lines), which under a 512 MB limit made the conversion 1.6x slower and twice as
+            # large.
+            f"buffer_size={int(self.buffer_bytes)}",
+            _FULL_SCAN if self.full_scan else _SAMPLED,
+            "names=[" + ", ".join(qstr(n) for n in self.names) + "]",
+        ]
+        return f"read_csv({qstr(str(self.path))}, {', '.join(opts)})"
+
+
+Source = ParquetSource | JsonSource | CsvSource
+
+
+@dataclass
+class _Conversion:
+    """One conversion: the input as sniffed, its options and limits, and what was detected."""
+
+    con: duckdb.DuckDBPyConnection
+    src: Path
+    out: Path
+    head: bytes
+    size: int
+    fmt: Format
+    compression: str | None
+    options: IngestOptions
+    limits: IngestLimits
+    replacements: dict[str, str]  # server paths -> what messages show instead
+    detected: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        """Whether ``head`` is the whole file."""
+        return self.size <= len(self.head)
+
+    def describe(self, source: Source) -> list[tuple[str, str]]:
+        return _safe_describe(self.con, source.sql(), self.replacements, source.label)
 
 
 def convert_to_parquet(
@@ -401,8 +458,9 @@ def convert_to_parquet(
         preserve_insertion_order=limits.preserve_order,
     )
     replacements = {str(src): "<upload>", str(work_dir): "<work>"}
+    job = _Conversion(con, src, out, head, size, fmt, compression, options, limits, replacements)
     try:
-        return _convert(con, src, out, head, size, fmt, compression, options, limits, replacements)
+        return _convert(job)
     except duckdb.Error as exc:  # anything DuckDB refuses about the file is the file's fault
         detail = clean_error(exc, replacements=replacements)
         raise InvalidInput(f"cannot read the file: {detail}") from None
@@ -412,134 +470,135 @@ def convert_to_parquet(
         con.close()
 
 
-def _convert(
-    con: duckdb.DuckDBPyConnection,
-    src: Path,
-    out: Path,
-    head: bytes,
-    size: int,
-    fmt: Format,
-    compression: str | None,
-    options: IngestOptions,
-    limits: IngestLimits,
-    replacements: dict[str, str],
-) -> IngestResult:
-    detected: dict[str, Any] = {}
-    if fmt == "parquet":
-        source_sql = f"read_parquet({qstr(str(src))})"
-        # the footer states the row count: refuse a "Parquet bomb" before decoding anything
-        meta = con.execute(
-            f"SELECT sum(num_rows) FROM parquet_file_metadata({qstr(str(src))})"
-        ).fetchall()
-        declared = int(meta[0][0] or 0) if meta else 0
-        if declared > limits.max_rows:
-            raise PayloadTooLarge(
-                f"the file has {declared} rows; at most {limits.max_rows} are allowed"
-            )
-        columns = _safe_describe(con, source_sql, replacements, "Parquet")
-        # DuckDB renames a second "A" next to "a" to "A_1"; the file's own names decide
-        check_column_names(_parquet_names(src), limits)
-    elif fmt == "jsonl":
-        source_sql = (
-            f"read_json({qstr(str(src))}, format='auto', records=true, "
-            f"maximum_object_size={int(limits.max_line_bytes)}, {_SAMPLED})"
-        )
-        if size <= len(head) and head.strip(b"\xef\xbb\xbf \t\r\n") in (b"[]", b"{}"):
-            raise InvalidInput("the file has no data rows")
-        seen = _json_keys(head, complete=size <= len(head))
-        check_column_names(seen, limits)
-        columns = _safe_describe(con, source_sql, replacements, "JSON")
-        check_column_names([c[0] for c in columns], limits)
-        _refuse_renamed([c[0] for c in columns], set(seen))
-    else:
-        complete = size <= len(head)
-        encoding = options.encoding or detect_encoding(head, complete=complete)
-        text = _decode_sample(head, encoding)
-        quote = options.quote or '"'
-        delim = options.delimiter or sniff_delimiter(text, quote)
-        escape = options.escape or quote
-        header = True if options.header is None else options.header
-        detected = {
-            "delimiter": delim,
-            "quote": quote,
-            "escape": escape,
-            "header": header,
-            "encoding": encoding,
-        }
-        first = read_header(src, encoding, delim, quote, limits.max_line_bytes)
-        if header and not any(name.strip() for name in first):
-            raise InvalidInput(
-                "the header line has no column names (send header=false if the file has no header)"
-            )
-        if header:
-            names = check_column_names(first, limits)
-        else:
-            check_column_names([f"column{i}" for i in range(len(first))], limits)
-            names = [f"column{i}" for i in range(len(first))]
-        _check_ragged(text, delim, quote, len(first), complete=size <= len(head))
-        source_sql = _csv_source(
-            src,
-            delim=delim,
-            quote=quote,
-            escape=escape,
-            header=header,
-            encoding=encoding,
-            names=names,
-            limits=limits,
-        )
-        try:
-            columns = _safe_describe(con, source_sql, replacements, "CSV")
-        except InvalidInput as exc:
-            # Non-UTF-8 bytes after the sample: fall back to Latin-1 (always decodable).
-            if options.encoding or encoding != "utf-8" or "unicode" not in exc.detail.lower():
-                raise
-            source_sql = source_sql.replace("encoding='utf-8'", "encoding='latin-1'")
-            detected["encoding"] = "latin-1"
-            columns = _safe_describe(con, source_sql, replacements, "CSV")
-    label = _LABELS[fmt]
-    attempts = 0
-    while True:
-        attempts += 1
-        select = ", ".join(_normalise(name, dtype) for name, dtype in columns)
-        try:
-            result = con.execute(
-                f"COPY (SELECT {select} FROM {source_sql}) TO {qstr(str(out))} "
-                "(FORMAT parquet, COMPRESSION snappy, ROW_GROUP_SIZE 122880)"
-            ).fetchall()[0]
-            break
-        except duckdb.Error as exc:
-            message = str(exc).lower()
-            if attempts > 3:
-                raise _parse_error(fmt, exc, replacements) from None
-            if fmt == "csv" and "unicode" in message and options.encoding is None:
-                detected["encoding"] = "latin-1"
-                source_sql = source_sql.replace("encoding='utf-8'", "encoding='latin-1'")
-            elif fmt != "parquet" and _SAMPLED in source_sql and _is_type_error(message):
-                # A value after the sniffed sample does not fit the type the sample
-                # suggested ("n/a" in a column of numbers): let the sniffer read it all.
-                source_sql = source_sql.replace(_SAMPLED, _FULL_SCAN)
-                columns = _safe_describe(con, source_sql, replacements, label)
-                detected["types_from"] = "whole file"
-            else:
-                raise _parse_error(fmt, exc, replacements) from None
-    rows = int(result[0]) if result else 0
-    final_columns = [(n, t) for n, t in _describe(con, f"read_parquet({qstr(str(out))})")]
+def _convert(job: _Conversion) -> IngestResult:
+    opened = {"parquet": _open_parquet, "jsonl": _open_json, "csv": _open_csv}[job.fmt]
+    source, columns = opened(job)
+    rows = _copy(job, source, columns)
+    final_columns = _describe(job.con, f"read_parquet({qstr(str(job.out))})")
     if rows == 0:
         raise InvalidInput("the file has no data rows")
-    if rows > limits.max_rows:
-        raise PayloadTooLarge(f"the file has {rows} rows; at most {limits.max_rows} are allowed")
+    if rows > job.limits.max_rows:
+        raise PayloadTooLarge(
+            f"the file has {rows} rows; at most {job.limits.max_rows} are allowed"
+        )
     return IngestResult(
-        parquet_path=out,
+        parquet_path=job.out,
         row_count=rows,
         columns=final_columns,
-        source_format=fmt,
-        compression=compression,
-        detected=detected,
+        source_format=job.fmt,
+        compression=job.compression,
+        detected=job.detected,
     )
 
 
-_SAMPLED = "sample_size=20480"  # rows the type sniffer reads (DuckDB's default)
-_FULL_SCAN = "sample_size=-1"  # every row; used only when a later value broke a sniffed type
+def _open_parquet(job: _Conversion) -> tuple[Source, list[tuple[str, str]]]:
+    source = ParquetSource(job.src)
+    # the footer states the row count: refuse a "Parquet bomb" before decoding anything
+    meta = job.con.execute(
+        f"SELECT sum(num_rows) FROM parquet_file_metadata({qstr(str(job.src))})"
+    ).fetchall()
+    declared = int(meta[0][0] or 0) if meta else 0
+    if declared > job.limits.max_rows:
+        raise PayloadTooLarge(
+            f"the file has {declared} rows; at most {job.limits.max_rows} are allowed"
+        )
+    columns = job.describe(source)
+    # DuckDB renames a second "A" next to "a" to "A_1"; the file's own names decide
+    check_column_names(_parquet_names(job.src), job.limits)
+    return source, columns
+
+
+def _open_json(job: _Conversion) -> tuple[Source, list[tuple[str, str]]]:
+    source = JsonSource(job.src, max_object_bytes=job.limits.max_line_bytes)
+    if job.complete and job.head.strip(b"\xef\xbb\xbf \t\r\n") in (b"[]", b"{}"):
+        raise InvalidInput("the file has no data rows")
+    seen = _json_keys(job.head, complete=job.complete)
+    check_column_names(seen, job.limits)
+    columns = job.describe(source)
+    check_column_names([c[0] for c in columns], job.limits)
+    _refuse_renamed([c[0] for c in columns], set(seen))
+    return source, columns
+
+
+def _open_csv(job: _Conversion) -> tuple[Source, list[tuple[str, str]]]:
+    options, limits = job.options, job.limits
+    encoding = options.encoding or detect_encoding(job.head, complete=job.complete)
+    text = _decode_sample(job.head, encoding)
+    quote = options.quote or '"'
+    delim = options.delimiter or sniff_delimiter(text, quote)
+    escape = options.escape or quote
+    header = True if options.header is None else options.header
+    job.detected.update(
+        delimiter=delim, quote=quote, escape=escape, header=header, encoding=encoding
+    )
+    first = read_header(job.src, encoding, delim, quote, limits.max_line_bytes)
+    if header and not any(name.strip() for name in first):
+        raise InvalidInput(
+            "the header line has no column names (send header=false if the file has no header)"
+        )
+    if header:
+        names = check_column_names(first, limits)
+    else:
+        names = check_column_names([f"column{i}" for i in range(len(first))], limits)
+    _check_ragged(text, delim, quote, len(first), complete=job.complete)
+    source = CsvSource(
+        job.src,
+        delim=delim,
+        quote=quote,
+        escape=escape,
+        header=header,
+        encoding=encoding,
+        names=tuple(names),
+        max_line_bytes=limits.max_line_bytes,
+        buffer_bytes=csv_buffer_bytes(limits),
+    )
+    try:
+        return source, job.describe(source)
+    except InvalidInput as exc:
+        latin1 = _latin1_fallback(job, source, exc.detail)
+        if latin1 is None:
+            raise
+        return latin1, job.describe(latin1)
+
+
+def _latin1_fallback(job: _Conversion, source: CsvSource, message: str) -> CsvSource | None:
+    """Non-UTF-8 bytes after the sample of a file taken for UTF-8: read it as Latin-1
+    (always decodable) instead, unless the caller chose the encoding."""
+    if job.options.encoding or source.encoding != "utf-8" or "unicode" not in message.lower():
+        return None
+    job.detected["encoding"] = "latin-1"
+    return dataclasses.replace(source, encoding="latin-1")
+
+
+def _copy(job: _Conversion, source: Source, columns: list[tuple[str, str]]) -> int:
+    """``COPY`` the source to ``job.out`` as Parquet; return the row count.
+
+    Up to three retries fix what only the full read shows: non-UTF-8 bytes after the sample,
+    or a value after the type sniffer's sample that breaks the sniffed type ("n/a" in a
+    column of numbers: the sniffer then reads the whole file).
+    """
+    for attempt in range(4):
+        select = ", ".join(_normalise(name, dtype) for name, dtype in columns)
+        try:
+            result = job.con.execute(
+                f"COPY (SELECT {select} FROM {source.sql()}) TO {qstr(str(job.out))} "
+                "(FORMAT parquet, COMPRESSION snappy, ROW_GROUP_SIZE 122880)"
+            ).fetchall()[0]
+            return int(result[0]) if result else 0
+        except duckdb.Error as exc:
+            message = str(exc).lower()
+            retry: Source | None = None
+            if attempt < 3 and isinstance(source, CsvSource):
+                retry = _latin1_fallback(job, source, message)
+            if retry is None and attempt < 3 and _is_type_error(message):
+                if isinstance(source, JsonSource | CsvSource) and not source.full_scan:
+                    retry = dataclasses.replace(source, full_scan=True)
+                    columns = job.describe(retry)
+                    job.detected["types_from"] = "whole file"
+            if retry is None:
+                raise _parse_error(job.fmt, exc, job.replacements) from None
+            source = retry
+    raise AssertionError("unreachable")  # pragma: no cover - the last attempt raises
 
 
 def _is_type_error(message: str) -> bool:
@@ -547,14 +606,8 @@ def _is_type_error(message: str) -> bool:
     return any(marker in message for marker in markers)
 
 
-_LABELS = {"csv": "CSV", "jsonl": "JSON", "parquet": "Parquet"}
-
-
-def _parse_error(fmt: str, exc: BaseException, replacements: dict[str, str]) -> InvalidInput:
-    return _explained(_LABELS.get(fmt, fmt), clean_error(exc, replacements=replacements))
-
-
-_NOT_RECORDS = "JSON input must be objects (records): one object per line, or one array of objects"
+def _parse_error(fmt: Format, exc: BaseException, replacements: dict[str, str]) -> InvalidInput:
+    return _explained(_LABELS[fmt], clean_error(exc, replacements=replacements))
 
 
 def _explained(label: str, text: str) -> InvalidInput:

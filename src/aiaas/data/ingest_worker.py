@@ -1,4 +1,7 @@
-"""Ingest in a limited subprocess: ``python -B -m aiaas.data.ingest_worker``.
+"""Ingest in a limited subprocess: ``python -B -I -m aiaas.data.ingest_worker``.
+
+The sandbox runner starts it (:func:`aiaas.sandbox.runner.child_command`, which appends
+``--parent-pid=<pid>``).
 
 Uploaded bytes are untrusted (SECURITY-CHECKLIST: "anything that parses untrusted bytes runs
 in a subprocess"), so :func:`convert_isolated` runs :func:`aiaas.data.ingest.convert_to_parquet`
@@ -40,6 +43,12 @@ from aiaas.sandbox import ChildLimits, ChildPaths, child, claim_output, last_jso
 
 log = structlog.get_logger()
 
+_REPLY_BYTES = 1 << 20  # the child's whole stdout; its one reply line is far smaller
+_FORMATS: dict[str, Format] = {"csv": "csv", "jsonl": "jsonl", "parquet": "parquet"}
+_DETECTED = {"delimiter", "quote", "escape", "header", "encoding", "types_from"}
+_MEMORY = "converting the file needed more memory than allowed"
+_UNEXPECTED = "the file could not be converted (an unexpected error; it has been logged)"
+
 _ERRORS: dict[str, type[AiaasError]] = {
     cls.__name__: cls
     for cls in (
@@ -79,9 +88,6 @@ def convert_isolated(
     isolation: Isolation,
 ) -> Converted:
     """Convert ``src`` (inside ``work_dir``) to Parquet in a limited subprocess."""
-    max_file = isolation.max_file_bytes or (
-        max(limits.max_decompressed_bytes, src.stat().st_size) + 64 * 1024**2
-    )
     request = {
         "src": str(src),
         "work_dir": str(work_dir),
@@ -89,51 +95,28 @@ def convert_isolated(
         "options": dataclasses.asdict(options),
         "limits": dataclasses.asdict(limits),
     }
-    # The child is untrusted once it has read the upload: its answer is re-validated here,
-    # and the only path we accept from it is the one we chose, checked to be a fresh regular
-    # file (``claim_output``) — not a link to someone else's data.
     run = run_child(
         "aiaas.data.ingest_worker",
         request,
-        ChildLimits(
-            timeout_s=isolation.timeout_s,
-            cpu_s=int(isolation.timeout_s * max(1, limits.threads)) + 5,
-            address_bytes=int(isolation.address_bytes),
-            max_file_bytes=int(max_file),
-            max_output_bytes=_REPLY_BYTES,
-            open_files=256,
-        ),
+        _child_limits(src, limits, isolation),
         ChildPaths(cwd=work_dir, write=(work_dir,), landlock=isolation.sandbox),
     )
     if run.timed_out:
         raise InvalidInput(
             f"converting the file took longer than {isolation.timeout_s:g} s; it was stopped"
         )
-    err = run.stderr
     reply = None if run.overflow else last_json_line(run.output)
     if reply is None:
-        log.warning("ingest_process_failed", returncode=run.returncode, stderr=err)
+        log.warning("ingest_process_failed", returncode=run.returncode, stderr=run.stderr)
         raise InvalidInput(_crash_message(run.returncode))
     if reply.get("internal"):
-        log.error("ingest_unexpected_error", stderr=err)
+        log.error("ingest_unexpected_error", stderr=run.stderr)
     if not reply.get("ok"):
         error = _ERRORS.get(str(reply.get("error")), InvalidInput)
         message = str(reply.get("message") or "the file could not be converted")[:2000]
         raise error(message)
     try:
-        r = reply["result"]
-        result = IngestResult(
-            parquet_path=claim_output(work_dir / OUTPUT_NAME),
-            row_count=int(r["row_count"]),
-            columns=[(str(n), str(t)) for n, t in r["columns"]],
-            source_format=_FORMATS[str(r["source_format"])],
-            compression="gzip" if r["compression"] == "gzip" else None,
-            detected={
-                k: v
-                for k, v in dict(r["detected"]).items()
-                if k in _DETECTED and isinstance(v, str | bool) and len(str(v)) <= 32
-            },
-        )
+        result = _checked_result(reply["result"], work_dir)
     except (KeyError, TypeError, ValueError):
         log.warning("ingest_process_bad_reply", returncode=run.returncode)
         raise InvalidInput(_crash_message(run.returncode)) from None
@@ -144,9 +127,38 @@ def convert_isolated(
     )
 
 
-_REPLY_BYTES = 1 << 20
-_FORMATS: dict[str, Format] = {"csv": "csv", "jsonl": "jsonl", "parquet": "parquet"}
-_DETECTED = {"delimiter", "quote", "escape", "header", "encoding", "types_from"}
+def _child_limits(src: Path, limits: IngestLimits, isolation: Isolation) -> ChildLimits:
+    """The ingest process's rlimits: it may write the decompressed upload and the Parquet."""
+    max_file = isolation.max_file_bytes or (
+        max(limits.max_decompressed_bytes, src.stat().st_size) + 64 * 1024**2
+    )
+    return ChildLimits(
+        timeout_s=isolation.timeout_s,
+        cpu_s=int(isolation.timeout_s * max(1, limits.threads)) + 5,
+        address_bytes=int(isolation.address_bytes),
+        max_file_bytes=int(max_file),
+        max_output_bytes=_REPLY_BYTES,
+        open_files=256,
+    )
+
+
+def _checked_result(r: Any, work_dir: Path) -> IngestResult:
+    """The child's result, re-validated field by field (raises KeyError, TypeError or
+    ValueError): the child is untrusted once it has read the upload, and the only path
+    accepted from it is the one we chose, checked to be a fresh regular file
+    (``claim_output``), not a link to someone else's data."""
+    return IngestResult(
+        parquet_path=claim_output(work_dir / OUTPUT_NAME),
+        row_count=int(r["row_count"]),
+        columns=[(str(n), str(t)) for n, t in r["columns"]],
+        source_format=_FORMATS[str(r["source_format"])],
+        compression="gzip" if r["compression"] == "gzip" else None,
+        detected={
+            k: v
+            for k, v in dict(r["detected"]).items()
+            if k in _DETECTED and isinstance(v, str | bool) and len(str(v)) <= 32
+        },
+    )
 
 
 def _crash_message(returncode: int | None) -> str:
@@ -217,10 +229,6 @@ def main() -> int:
         }
     )
     return 0
-
-
-_MEMORY = "converting the file needed more memory than allowed"
-_UNEXPECTED = "the file could not be converted (an unexpected error; it has been logged)"
 
 
 def _os_error(exc: OSError) -> dict[str, Any]:

@@ -7,10 +7,10 @@ Detection is deliberately conservative: a column is reported for a kind when at 
 Name columns are found by their header (``name``, ``first_name``, ``surname`` …) together
 with values that look like capitalised words.
 
-Hashing is HMAC-SHA256 with a per-organisation key, computed inside DuckDB from its
+Hashing is HMAC-SHA256 with a per-organization key, computed inside DuckDB from its
 ``sha256`` primitive (``H((k ⊕ opad) ‖ H((k ⊕ ipad) ‖ m))``), so equal inputs give equal
-tokens within one organisation (joins keep working) and different tokens across
-organisations; the key never appears in results.
+tokens within one organization (joins keep working) and different tokens across
+organizations; the key never appears in results.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def detect_pii(
 
 
 def org_hash_key(master_secret: bytes, org_id: str) -> bytes:
-    """The organisation's PII hashing key, derived from the platform secret."""
+    """The organization's PII hashing key, derived from the platform secret."""
     return hmac.new(master_secret, b"aiaas/pii-hash/v1/" + org_id.encode(), hashlib.sha256).digest()
 
 

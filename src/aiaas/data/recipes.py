@@ -9,6 +9,7 @@ step (``errors=[{"step": i, "op": ..., "detail": ...}]``). The result is written
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -19,21 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from aiaas.data.duck import clean_error, connect, qident, qstr
 from aiaas.data.pii import hash_sql, mask_sql
-from aiaas.data.profile import INT_TYPES, base_type
+from aiaas.data.types import CAST_TYPES, INT_TYPES, NUMERIC_TYPES, CastType, base_type, is_numeric
 from aiaas.errors import InvalidInput
 
 ColumnName = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 Scalar = str | int | float | bool | None
-
-_CAST_TYPES = {
-    "integer": "BIGINT",
-    "float": "DOUBLE",
-    "boolean": "BOOLEAN",
-    "string": "VARCHAR",
-    "categorical": "VARCHAR",
-    "datetime": "TIMESTAMP",
-    "date": "DATE",
-}
 
 
 class _Step(BaseModel):
@@ -52,7 +43,7 @@ class Rename(_Step):
 
 class Cast(_Step):
     op: Literal["cast"]
-    columns: dict[ColumnName, Literal[tuple(_CAST_TYPES)]] = Field(min_length=1)  # type: ignore[valid-type]
+    columns: dict[ColumnName, CastType] = Field(min_length=1)
     errors: Literal["fail", "null"] = "fail"
 
 
@@ -191,9 +182,9 @@ def _need(cols: dict[str, str], names: list[str]) -> None:
 
 def _numeric(cols: dict[str, str], names: list[str] | None) -> list[str]:
     if names is None:
-        return [n for n, t in cols.items() if base_type(t) in ("integer", "float")]
+        return [n for n, t in cols.items() if is_numeric(t)]
     _need(cols, names)
-    bad = [n for n in names if base_type(cols[n]) not in ("integer", "float")]
+    bad = [n for n in names if not is_numeric(cols[n])]
     if bad:
         raise StepError(f"column(s) not numeric: {', '.join(repr(b) for b in bad)}")
     return names
@@ -207,145 +198,163 @@ def _replace(cols: dict[str, str], exprs: dict[str, str]) -> str:
 
 
 def _apply(r: _Runner, step: Any, n: int) -> None:
-    cols = dict(r.columns())
-    src = r.view
-    if isinstance(step, DropColumns):
-        _need(cols, step.columns)
-        keep = [c for c in cols if c not in set(step.columns)]
-        if not keep:
-            raise StepError("cannot drop every column")
-        r.push(f"SELECT {', '.join(qident(c) for c in keep)} FROM {src}", n)
-    elif isinstance(step, Rename):
-        _need(cols, list(step.mapping))
-        final = [step.mapping.get(c, c) for c in cols]
-        if len({f.casefold() for f in final}) != len(final):
-            raise StepError("renaming would create duplicate column names")
-        sel = ", ".join(f"{qident(c)} AS {qident(step.mapping.get(c, c))}" for c in cols)
-        r.push(f"SELECT {sel} FROM {src}", n)
-    elif isinstance(step, Cast):
-        _need(cols, list(step.columns))
-        exprs = {}
-        for name, kind in step.columns.items():
-            target = _CAST_TYPES[kind]
-            c = qident(name)
-            if step.errors == "fail":
-                bad = r.one(
-                    f"SELECT count(*) FROM {src} WHERE {c} IS NOT NULL "
-                    f"AND TRY_CAST({c} AS {target}) IS NULL"
-                )[0]
-                if bad:
-                    raise StepError(f"{bad} value(s) of {name!r} cannot be cast to {kind}")
-            exprs[name] = f"TRY_CAST({c} AS {target})"
-        r.push(f"SELECT {_replace(cols, exprs)} FROM {src}", n)
-    elif isinstance(step, Filter):
-        _need(cols, [c.column for c in step.conditions])
-        preds = [_condition(c, cols[c.column]) for c in step.conditions]
-        joiner = " AND " if step.combine == "all" else " OR "
-        r.push(f"SELECT * FROM {src} WHERE {joiner.join(preds)}", n)
-    elif isinstance(step, DropDuplicates):
-        if step.subset:
-            _need(cols, step.subset)
-            part = ", ".join(qident(c) for c in step.subset)
-            r.push(f"SELECT * FROM {src} QUALIFY row_number() OVER (PARTITION BY {part}) = 1", n)
-        else:
-            r.push(f"SELECT DISTINCT * FROM {src}", n)
-    elif isinstance(step, Impute):
-        _impute(r, step, cols, n)
-    elif isinstance(step, Outliers):
-        names = _numeric(cols, step.columns)
-        bounds = {}
-        for name in names:
-            x = f"CAST({qident(name)} AS DOUBLE)"
-            q1, q3 = r.one(f"SELECT quantile_cont({x}, 0.25), quantile_cont({x}, 0.75) FROM {src}")
-            if q1 is None:
-                continue
-            iqr = float(q3) - float(q1)
-            bounds[name] = (float(q1) - step.factor * iqr, float(q3) + step.factor * iqr)
-        if step.op == "clip_outliers":
-            exprs = {}
-            for name, (lo, hi) in bounds.items():
-                x = qident(name)
-                cast = "DOUBLE" if base_type(cols[name]) == "float" else cols[name]
-                exprs[name] = f"CAST(least(greatest({x}, {lo!r}), {hi!r}) AS {cast})"
-            r.push(f"SELECT {_replace(cols, exprs)} FROM {src}", n)
-        else:
-            preds = [
-                f"({qident(k)} IS NULL OR {qident(k)} BETWEEN {lo!r} AND {hi!r})"
-                for k, (lo, hi) in bounds.items()
-            ]
-            where = " AND ".join(preds) or "true"
-            r.push(f"SELECT * FROM {src} WHERE {where}", n)
-    elif isinstance(step, Scale):
-        names = _numeric(cols, step.columns)
-        exprs = {}
-        for name in names:
-            x = f"CAST({qident(name)} AS DOUBLE)"
-            if step.op == "standardize":
-                mean, std = r.one(f"SELECT avg({x}), stddev_pop({x}) FROM {src}")
-                if mean is None:
-                    continue
-                exprs[name] = f"({x} - {float(mean)!r}) / {float(std)!r}" if std else f"{x} * 0.0"
-            else:
-                lo, hi = r.one(f"SELECT min({x}), max({x}) FROM {src}")
-                if lo is None:
-                    continue
-                span = float(hi) - float(lo)
-                exprs[name] = f"({x} - {float(lo)!r}) / {span!r}" if span else f"{x} * 0.0"
-        r.push(f"SELECT {_replace(cols, exprs)} FROM {src}", n)
-    elif isinstance(step, OneHot):
-        _need(cols, step.columns)
-        extra, existing = [], {c.casefold() for c in cols}
-        for name in step.columns:
-            c = qident(name)
-            cats = r.con.execute(
-                f"SELECT CAST({c} AS VARCHAR) AS v, count(*) AS k FROM {src} "
-                f"WHERE {c} IS NOT NULL GROUP BY v ORDER BY k DESC, v LIMIT {step.max_categories}"
-            ).fetchall()
-            for value, _count in cats:
-                new = f"{name}={value}"
-                if new.casefold() in existing:
-                    raise StepError(f"one-hot column {new!r} already exists")
-                existing.add(new.casefold())
-                extra.append(
-                    f"CAST(CAST({c} AS VARCHAR) = {qstr(str(value))} AS INTEGER) AS {qident(new)}"
-                )
-        keep = [qident(c) for c in cols if not (step.drop_original and c in step.columns)]
-        r.push(f"SELECT {', '.join(keep + extra)} FROM {src}", n)
-    elif isinstance(step, Pca):
-        _pca(r, step, cols, n)
-    elif isinstance(step, Mask):
-        _need(cols, step.columns)
-        exprs = {name: mask_sql(name, keep=step.keep) for name in step.columns}
-        r.push(f"SELECT {_replace(cols, exprs)} FROM {src}", n)
-    elif isinstance(step, Hash):
-        _need(cols, step.columns)
-        exprs = {name: hash_sql(name, r.ctx.hash_key) for name in step.columns}
-        r.push(f"SELECT {_replace(cols, exprs)} FROM {src}", n)
-    elif isinstance(step, Generalize):
-        _need(cols, [step.column])
-        kind = base_type(cols[step.column])
-        c = qident(step.column)
-        if kind in ("integer", "float"):
-            if step.width is None:
-                raise StepError("generalizing a number needs 'width'")
-            w = float(step.width)
-            low = f"floor(CAST({c} AS DOUBLE) / {w!r}) * {w!r}"
-            fmt = (
-                "CAST(CAST({v} AS BIGINT) AS VARCHAR)" if w.is_integer() else "CAST({v} AS VARCHAR)"
-            )
-            expr = (
-                f"CASE WHEN {c} IS NULL THEN NULL ELSE '[' || {fmt.format(v=low)} || ', ' || "
-                f"{fmt.format(v=f'({low} + {w!r})')} || ')' END"
-            )
-        elif kind == "datetime":
-            if step.unit is None:
-                raise StepError("generalizing a date needs 'unit' (month or year)")
-            expr = f"CAST(date_trunc({qstr(step.unit)}, {c}) AS DATE)"
-        else:
-            raise StepError(f"column {step.column!r} is neither a number nor a date")
-        r.push(f"SELECT {_replace(cols, {step.column: expr})} FROM {src}", n)
-    else:  # pragma: no cover - the discriminated union is exhaustive
+    """Push the view of step ``n`` on top of the current one."""
+    handler = _STEPS.get(type(step))
+    if handler is None:  # pragma: no cover - the discriminated union is exhaustive
         raise StepError("unknown step")
+    handler(r, step, dict(r.columns()), n)
+
+
+def _drop_columns(r: _Runner, step: DropColumns, cols: dict[str, str], n: int) -> None:
+    _need(cols, step.columns)
+    keep = [c for c in cols if c not in set(step.columns)]
+    if not keep:
+        raise StepError("cannot drop every column")
+    r.push(f"SELECT {', '.join(qident(c) for c in keep)} FROM {r.view}", n)
+
+
+def _rename(r: _Runner, step: Rename, cols: dict[str, str], n: int) -> None:
+    _need(cols, list(step.mapping))
+    final = [step.mapping.get(c, c) for c in cols]
+    if len({f.casefold() for f in final}) != len(final):
+        raise StepError("renaming would create duplicate column names")
+    sel = ", ".join(f"{qident(c)} AS {qident(step.mapping.get(c, c))}" for c in cols)
+    r.push(f"SELECT {sel} FROM {r.view}", n)
+
+
+def _cast(r: _Runner, step: Cast, cols: dict[str, str], n: int) -> None:
+    _need(cols, list(step.columns))
+    exprs = {}
+    for name, kind in step.columns.items():
+        target = CAST_TYPES[kind]
+        c = qident(name)
+        if step.errors == "fail":
+            bad = r.one(
+                f"SELECT count(*) FROM {r.view} WHERE {c} IS NOT NULL "
+                f"AND TRY_CAST({c} AS {target}) IS NULL"
+            )[0]
+            if bad:
+                raise StepError(f"{bad} value(s) of {name!r} cannot be cast to {kind}")
+        exprs[name] = f"TRY_CAST({c} AS {target})"
+    r.push(f"SELECT {_replace(cols, exprs)} FROM {r.view}", n)
+
+
+def _filter(r: _Runner, step: Filter, cols: dict[str, str], n: int) -> None:
+    _need(cols, [c.column for c in step.conditions])
+    preds = [_condition(c, cols[c.column]) for c in step.conditions]
+    joiner = " AND " if step.combine == "all" else " OR "
+    r.push(f"SELECT * FROM {r.view} WHERE {joiner.join(preds)}", n)
+
+
+def _drop_duplicates(r: _Runner, step: DropDuplicates, cols: dict[str, str], n: int) -> None:
+    if not step.subset:
+        r.push(f"SELECT DISTINCT * FROM {r.view}", n)
+        return
+    _need(cols, step.subset)
+    part = ", ".join(qident(c) for c in step.subset)
+    r.push(f"SELECT * FROM {r.view} QUALIFY row_number() OVER (PARTITION BY {part}) = 1", n)
+
+
+def _outliers(r: _Runner, step: Outliers, cols: dict[str, str], n: int) -> None:
+    """``clip_outliers`` / ``drop_outliers``: outside ``factor`` IQRs of the quartiles."""
+    bounds = {}
+    for name in _numeric(cols, step.columns):
+        x = f"CAST({qident(name)} AS DOUBLE)"
+        q1, q3 = r.one(f"SELECT quantile_cont({x}, 0.25), quantile_cont({x}, 0.75) FROM {r.view}")
+        if q1 is None:
+            continue
+        iqr = float(q3) - float(q1)
+        bounds[name] = (float(q1) - step.factor * iqr, float(q3) + step.factor * iqr)
+    if step.op == "clip_outliers":
+        exprs = {}
+        for name, (lo, hi) in bounds.items():
+            x = qident(name)
+            cast = "DOUBLE" if base_type(cols[name]) == "float" else cols[name]
+            exprs[name] = f"CAST(least(greatest({x}, {lo!r}), {hi!r}) AS {cast})"
+        r.push(f"SELECT {_replace(cols, exprs)} FROM {r.view}", n)
+    else:
+        preds = [
+            f"({qident(k)} IS NULL OR {qident(k)} BETWEEN {lo!r} AND {hi!r})"
+            for k, (lo, hi) in bounds.items()
+        ]
+        r.push(f"SELECT * FROM {r.view} WHERE {' AND '.join(preds) or 'true'}", n)
+
+
+def _scale(r: _Runner, step: Scale, cols: dict[str, str], n: int) -> None:
+    """``standardize`` (mean 0, population std 1) / ``min_max_scale`` (to [0, 1])."""
+    exprs = {}
+    for name in _numeric(cols, step.columns):
+        x = f"CAST({qident(name)} AS DOUBLE)"
+        if step.op == "standardize":
+            mean, std = r.one(f"SELECT avg({x}), stddev_pop({x}) FROM {r.view}")
+            if mean is None:
+                continue
+            exprs[name] = f"({x} - {float(mean)!r}) / {float(std)!r}" if std else f"{x} * 0.0"
+        else:
+            lo, hi = r.one(f"SELECT min({x}), max({x}) FROM {r.view}")
+            if lo is None:
+                continue
+            span = float(hi) - float(lo)
+            exprs[name] = f"({x} - {float(lo)!r}) / {span!r}" if span else f"{x} * 0.0"
+    r.push(f"SELECT {_replace(cols, exprs)} FROM {r.view}", n)
+
+
+def _one_hot(r: _Runner, step: OneHot, cols: dict[str, str], n: int) -> None:
+    """A 0/1 column ``name=value`` per frequent value (most frequent first, ties by value)."""
+    _need(cols, step.columns)
+    extra, existing = [], {c.casefold() for c in cols}
+    for name in step.columns:
+        c = qident(name)
+        cats = r.con.execute(
+            f"SELECT CAST({c} AS VARCHAR) AS v, count(*) AS k FROM {r.view} "
+            f"WHERE {c} IS NOT NULL GROUP BY v ORDER BY k DESC, v LIMIT {step.max_categories}"
+        ).fetchall()
+        for value, _count in cats:
+            new = f"{name}={value}"
+            if new.casefold() in existing:
+                raise StepError(f"one-hot column {new!r} already exists")
+            existing.add(new.casefold())
+            extra.append(
+                f"CAST(CAST({c} AS VARCHAR) = {qstr(str(value))} AS INTEGER) AS {qident(new)}"
+            )
+    keep = [qident(c) for c in cols if not (step.drop_original and c in step.columns)]
+    r.push(f"SELECT {', '.join(keep + extra)} FROM {r.view}", n)
+
+
+def _mask(r: _Runner, step: Mask, cols: dict[str, str], n: int) -> None:
+    _need(cols, step.columns)
+    exprs = {name: mask_sql(name, keep=step.keep) for name in step.columns}
+    r.push(f"SELECT {_replace(cols, exprs)} FROM {r.view}", n)
+
+
+def _hash(r: _Runner, step: Hash, cols: dict[str, str], n: int) -> None:
+    _need(cols, step.columns)
+    exprs = {name: hash_sql(name, r.ctx.hash_key) for name in step.columns}
+    r.push(f"SELECT {_replace(cols, exprs)} FROM {r.view}", n)
+
+
+def _generalize(r: _Runner, step: Generalize, cols: dict[str, str], n: int) -> None:
+    """Numbers to ``[low, high)`` ranges of ``width``; dates truncated to a month or year."""
+    _need(cols, [step.column])
+    kind = base_type(cols[step.column])
+    c = qident(step.column)
+    if kind in NUMERIC_TYPES:
+        if step.width is None:
+            raise StepError("generalizing a number needs 'width'")
+        w = float(step.width)
+        low = f"floor(CAST({c} AS DOUBLE) / {w!r}) * {w!r}"
+        fmt = "CAST(CAST({v} AS BIGINT) AS VARCHAR)" if w.is_integer() else "CAST({v} AS VARCHAR)"
+        expr = (
+            f"CASE WHEN {c} IS NULL THEN NULL ELSE '[' || {fmt.format(v=low)} || ', ' || "
+            f"{fmt.format(v=f'({low} + {w!r})')} || ')' END"
+        )
+    elif kind == "datetime":
+        if step.unit is None:
+            raise StepError("generalizing a date needs 'unit' (month or year)")
+        expr = f"CAST(date_trunc({qstr(step.unit)}, {c}) AS DATE)"
+    else:
+        raise StepError(f"column {step.column!r} is neither a number nor a date")
+    r.push(f"SELECT {_replace(cols, {step.column: expr})} FROM {r.view}", n)
 
 
 def _condition(cond: Condition, physical: str) -> str:
@@ -369,7 +378,7 @@ def _condition(cond: Condition, physical: str) -> str:
     sym = {"eq": "=", "ne": "<>", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}[op]
     value = cond.value
     kind = base_type(physical)
-    if kind in ("integer", "float") and isinstance(value, str):
+    if kind in NUMERIC_TYPES and isinstance(value, str):
         raise StepError(f"column {cond.column!r} is numeric; compare it with a number")
     if kind == "datetime" and isinstance(value, str):
         try:
@@ -451,6 +460,25 @@ def _pca(r: _Runner, step: Pca, cols: dict[str, str], n: int) -> None:
         extra.append(f"{terms} AS {qident(out)}")
     keep = [qident(c) for c in cols if not (step.drop_original and c in names)]
     r.push(f"SELECT {', '.join(keep + extra)} FROM {src}", n)
+
+
+_StepHandler = Callable[[_Runner, Any, dict[str, str], int], None]
+#: One function per step type: it reads the current view and pushes the step's view.
+_STEPS: dict[type[_Step], _StepHandler] = {
+    DropColumns: _drop_columns,
+    Rename: _rename,
+    Cast: _cast,
+    Filter: _filter,
+    DropDuplicates: _drop_duplicates,
+    Impute: _impute,
+    Outliers: _outliers,
+    Scale: _scale,
+    OneHot: _one_hot,
+    Pca: _pca,
+    Mask: _mask,
+    Hash: _hash,
+    Generalize: _generalize,
+}
 
 
 def apply_recipe(

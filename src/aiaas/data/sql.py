@@ -35,9 +35,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
-import pyarrow as pa
 import structlog
 
+from aiaas.data.types import BASE_TYPES
 from aiaas.errors import AiaasError, InvalidInput
 from aiaas.sandbox import ChildLimits, ChildPaths, run_child
 
@@ -46,8 +46,6 @@ log = structlog.get_logger()
 #: The header line (the column list) may take this much beyond ``max_bytes``.
 HEADER_MAX_BYTES = 1024 * 1024
 _TRAILER_MAX_BYTES = 16 * 1024
-_KINDS = frozenset({"boolean", "integer", "float", "datetime", "string"})
-_STDERR_TAIL = 4096
 _CHUNK = 64 * 1024
 
 #: OWASP CSV injection: a text cell starting with one of these is a formula to a spreadsheet.
@@ -69,19 +67,6 @@ class SqlLimits:
     memory_limit: str
     threads: int
     address_bytes: int
-
-
-def arrow_kind(t: pa.DataType) -> str:
-    """The aiaas schema type of an Arrow type."""
-    if pa.types.is_boolean(t):
-        return "boolean"
-    if pa.types.is_integer(t):
-        return "integer"
-    if pa.types.is_floating(t) or pa.types.is_decimal(t):
-        return "float"
-    if pa.types.is_timestamp(t) or pa.types.is_date(t):
-        return "datetime"
-    return "string"
 
 
 def json_value(value: Any) -> Any:
@@ -261,7 +246,7 @@ def _columns(value: Any) -> list[dict[str, str]]:
             not isinstance(column, dict)
             or set(column) != {"name", "type", "physical"}
             or not all(isinstance(v, str) for v in column.values())
-            or column["type"] not in _KINDS
+            or column["type"] not in BASE_TYPES  # what arrow_kind() can say
         ):
             raise ChildProtocolError("malformed columns")
         columns.append(

@@ -18,11 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, CursorResult, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
@@ -99,7 +99,34 @@ def import_query(raw_url: str, query: str, dest: Path, limits: ImportLimits) -> 
     url, address = validate_url(raw_url, limits)
     if not query.strip():
         raise InvalidInput("the query is empty")
-    engine = create_engine(
+    engine = _engine(url, address, limits)
+    try:
+        try:
+            conn = engine.connect()
+        except SQLAlchemyError:
+            raise InvalidInput("could not connect to the database") from None
+        with conn, dest.open("wb") as out:
+            conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+            try:
+                result = conn.execution_options(stream_results=True, yield_per=5000).execute(
+                    text(query)
+                )
+            except DBAPIError as exc:
+                raise _query_failed(exc) from None
+            rows = _write_rows(result, out, limits)
+    except DBAPIError as exc:
+        raise _query_failed(exc) from None
+    finally:
+        engine.dispose()
+    if rows == 0:
+        raise InvalidInput("the query returned no rows")
+    return rows
+
+
+def _engine(url: URL, address: str, limits: ImportLimits) -> Engine:
+    """An engine pinned to the checked ``address``: no pool, no password file, and a
+    read-only session with a statement timeout."""
+    return create_engine(
         url,
         poolclass=NullPool,
         connect_args={
@@ -113,46 +140,34 @@ def import_query(raw_url: str, query: str, dest: Path, limits: ImportLimits) -> 
             ),
         },
     )
+
+
+def _write_rows(result: CursorResult[Any], out: BinaryIO, limits: ImportLimits) -> int:
+    """Stream the result to ``out``, one JSON object per line, within the row and byte caps."""
+    if not result.returns_rows:
+        raise InvalidInput("the query returned no result set")
+    keys = list(result.keys())
+    if len(set(keys)) != len(keys):
+        raise InvalidInput("the query returns duplicate column names")
     rows = nbytes = 0
-    try:
-        try:
-            conn = engine.connect()
-        except SQLAlchemyError:
-            raise InvalidInput("could not connect to the database") from None
-        with conn, dest.open("wb") as out:
-            conn.exec_driver_sql("SET TRANSACTION READ ONLY")
-            try:
-                result = conn.execution_options(stream_results=True, yield_per=5000).execute(
-                    text(query)
-                )
-            except DBAPIError as exc:
-                first = str(exc.orig).splitlines()[0] if exc.orig else "query failed"
-                raise InvalidInput(f"the query failed: {first[:200]}") from None
-            if not result.returns_rows:
-                raise InvalidInput("the query returned no result set")
-            keys = list(result.keys())
-            if len(set(keys)) != len(keys):
-                raise InvalidInput("the query returns duplicate column names")
-            for partition in result.partitions():
-                for row in partition:
-                    line = orjson.dumps(
-                        dict(zip(keys, row, strict=True)),
-                        default=_default,
-                        option=orjson.OPT_NAIVE_UTC | orjson.OPT_SERIALIZE_NUMPY,
-                    )
-                    out.write(line)
-                    out.write(b"\n")
-                    rows += 1
-                    nbytes += len(line) + 1
-                    if rows > limits.max_rows:
-                        raise PayloadTooLarge(f"the query returns more than {limits.max_rows} rows")
-                    if nbytes > limits.max_bytes:
-                        raise PayloadTooLarge(f"the query result exceeds {limits.max_bytes} bytes")
-    except DBAPIError as exc:
-        first = str(exc.orig).splitlines()[0] if exc.orig else "query failed"
-        raise InvalidInput(f"the query failed: {first[:200]}") from None
-    finally:
-        engine.dispose()
-    if rows == 0:
-        raise InvalidInput("the query returned no rows")
+    for partition in result.partitions():
+        for row in partition:
+            line = orjson.dumps(
+                dict(zip(keys, row, strict=True)),
+                default=_default,
+                option=orjson.OPT_NAIVE_UTC | orjson.OPT_SERIALIZE_NUMPY,
+            )
+            out.write(line)
+            out.write(b"\n")
+            rows += 1
+            nbytes += len(line) + 1
+            if rows > limits.max_rows:
+                raise PayloadTooLarge(f"the query returns more than {limits.max_rows} rows")
+            if nbytes > limits.max_bytes:
+                raise PayloadTooLarge(f"the query result exceeds {limits.max_bytes} bytes")
     return rows
+
+
+def _query_failed(exc: DBAPIError) -> InvalidInput:
+    first = str(exc.orig).splitlines()[0] if exc.orig else "query failed"
+    return InvalidInput(f"the query failed: {first[:200]}")

@@ -1,4 +1,7 @@
-"""The SQL sandbox's query process: ``python -B -m aiaas.data.sql_worker``.
+"""The SQL sandbox's query process: ``python -B -I -m aiaas.data.sql_worker``.
+
+The sandbox runner starts it (:func:`aiaas.sandbox.runner.child_command`, which appends
+``--parent-pid=<pid>``).
 
 Reads one JSON request on stdin, runs one read-only query and answers on stdout in JSON
 lines (the parent checks every line, see :class:`aiaas.data.sql.ChildAnswer`)::
@@ -32,11 +35,22 @@ import os
 import sys
 import threading
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported at run time only once the process has confined itself
+    import duckdb
 
 
 def _line(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+class _Failure(Exception):
+    """Ends the query with a failure trailer (``kind``: invalid, timeout or internal)."""
+
+    def __init__(self, message: str, kind: str = "invalid", debug: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.kind, self.debug = message, kind, debug
 
 
 def _fail(message: str, kind: str = "invalid", debug: str | None = None) -> None:
@@ -95,52 +109,84 @@ def main() -> int:
     except OSError as exc:  # pragma: no cover - a kernel that has Landlock but refuses it
         _fail("sandbox setup failed", "internal", str(exc))
         return 0
-    timeout_s = float(request["timeout_s"])
-    threads = int(request["threads"])
+    try:
+        _run(request)
+    except _Failure as failure:
+        _fail(failure.message, failure.kind, failure.debug)
+    return 0
 
-    import duckdb
 
-    from aiaas.data.duck import (
-        SandboxMisconfigured,
-        clean_error,
-        connect,
-        qident,
-        qstr,
-        verify_locked,
-    )
-    from aiaas.data.sql import HEADER_MAX_BYTES, arrow_kind
+def _run(request: dict[str, Any]) -> None:
+    """Connect, check the query, create the views, then stream the answer."""
+    import duckdb  # only once the process has limited and confined itself
+
+    from aiaas.data.duck import SandboxMisconfigured, clean_error, connect, verify_locked
 
     views: dict[str, str] = request["views"]
+    timeout_s = float(request["timeout_s"])
     try:
         con = connect(
             allowed_paths=sorted(set(views.values())),
             memory_limit=str(request["memory_limit"]),
-            threads=threads,
+            threads=int(request["threads"]),
             max_execution_ms=int(timeout_s * 1000),
         )
         verify_locked(con, sorted(set(views.values())))
     except (duckdb.Error, SandboxMisconfigured) as exc:  # pragma: no cover - a platform bug
-        _fail("sandbox setup failed", "internal", clean_error(exc))
-        return 0
+        raise _Failure("sandbox setup failed", "internal", clean_error(exc)) from None
     query: str = request["query"]
+    _check_statement(con, query)
+    _create_views(con, views)
+    _answer(
+        con,
+        query,
+        timeout_s=timeout_s,
+        max_rows=int(request["max_rows"]),
+        max_bytes=int(request["max_bytes"]),
+    )
+
+
+def _check_statement(con: duckdb.DuckDBPyConnection, query: str) -> None:
+    """Exactly one SELECT statement, as DuckDB's own parser sees it."""
+    import duckdb
+
+    from aiaas.data.duck import clean_error
+
     try:
         statements = con.extract_statements(query)
     except duckdb.Error as exc:
-        _fail(clean_error(exc))
-        return 0
+        raise _Failure(clean_error(exc)) from None
     if len(statements) != 1:
-        _fail(f"exactly one statement is allowed (got {len(statements)})")
-        return 0
+        raise _Failure(f"exactly one statement is allowed (got {len(statements)})")
     kind = statements[0].type
     if kind != duckdb.StatementType.SELECT:
-        _fail(f"only SELECT queries are allowed (got {kind.name})")
-        return 0
+        raise _Failure(f"only SELECT queries are allowed (got {kind.name})")
+
+
+def _create_views(con: duckdb.DuckDBPyConnection, views: dict[str, str]) -> None:
+    import duckdb
+
+    from aiaas.data.duck import clean_error, qident, qstr
+
     for name, path in views.items():
         try:
             con.execute(f"CREATE VIEW {qident(name)} AS SELECT * FROM read_parquet({qstr(path)})")
         except duckdb.Error as exc:  # a missing or damaged stored file: ours, not the caller's
-            _fail(f"the view {qident(name)} could not be created", "internal", clean_error(exc))
-            return 0
+            message = f"the view {qident(name)} could not be created"
+            raise _Failure(message, "internal", clean_error(exc)) from None
+
+
+def _answer(
+    con: duckdb.DuckDBPyConnection, query: str, *, timeout_s: float, max_rows: int, max_bytes: int
+) -> None:
+    """Run the query and write the header, the rows and the trailer to stdout; a watchdog
+    thread interrupts the query at the time limit."""
+    import duckdb
+    import pyarrow  # noqa: F401 - imported here, so its import is not in the query's time
+
+    from aiaas.data.duck import clean_error
+    from aiaas.data.sql import HEADER_MAX_BYTES
+    from aiaas.data.types import arrow_kind
 
     done = threading.Event()
     timed_out = threading.Event()
@@ -161,32 +207,24 @@ def main() -> int:
         ]
         header = _line({"ok": True, "columns": columns})
         if len(header) > HEADER_MAX_BYTES:
-            _fail(f"the result's column list is larger than {HEADER_MAX_BYTES} bytes")
-            return 0
+            raise _Failure(f"the result's column list is larger than {HEADER_MAX_BYTES} bytes")
         out.write(header + b"\n")
         rows, truncated = _write_rows(
-            reader,
-            out,
-            max_rows=int(request["max_rows"]),
-            max_bytes=int(request["max_bytes"]),
-            timed_out=timed_out,
+            reader, out, max_rows=max_rows, max_bytes=max_bytes, timed_out=timed_out
         )
         reader.close()
     except (duckdb.Error, OSError, TimeoutError) as exc:  # DuckDB's errors reach pyarrow's
-        done.set()  # reader as OSError ("Out of Memory Error: ...")
+        # reader as OSError ("Out of Memory Error: ...")
         if timed_out.is_set() or "execution time" in str(exc).lower():
-            _fail(f"the query exceeded the time limit of {timeout_s:g} s", "timeout")
-        else:
-            _fail(clean_error(exc))
-        return 0
+            message = f"the query exceeded the time limit of {timeout_s:g} s"
+            raise _Failure(message, "timeout") from None
+        raise _Failure(clean_error(exc)) from None
     except MemoryError:
+        raise _Failure("the result does not fit in the query process's memory; reduce it") from None
+    finally:
         done.set()
-        _fail("the result does not fit in the query process's memory; reduce it")
-        return 0
-    done.set()
     out.write(_line({"end": True, "ok": True, "truncated": truncated, "row_count": rows}) + b"\n")
     out.flush()
-    return 0
 
 
 if __name__ == "__main__":
