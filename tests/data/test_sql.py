@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
+from typing import Any
+
 import pytest
 
 from aiaas.api.state import app_state
@@ -206,7 +209,9 @@ def _own_worker_pid() -> int | None:
     return None
 
 
-def _kill_worker_during(query: str, sig: int) -> tuple[BaseException | None, list[dict]]:
+def _kill_worker_during(
+    query: str, sig: int
+) -> tuple[BaseException | None, list[MutableMapping[str, Any]]]:
     """Run ``query``, send our own query process ``sig`` while it runs: (error, logs)."""
     import os
     import threading
