@@ -163,9 +163,10 @@ class _Exchange:
     """One request's state: its id, the headers every response gets, the body limit, the
     bytes received and the status sent so far.
 
-    The app gets the bound :meth:`receive` and :meth:`send`; one slotted object per request
-    is all the middleware allocates for them. ``downstream_send`` is the server's own
-    ``send``: a refusal goes there, its headers already complete.
+    The app gets the bound :meth:`receive` and :meth:`send`: one slotted object and two bound
+    methods per request, where nested closures needed three functions and a cell per
+    variable. ``downstream_send`` is the server's own ``send``: a refusal goes there, its
+    headers already complete.
     """
 
     __slots__ = (
@@ -271,6 +272,7 @@ class PlatformMiddleware:
         return policy.max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Admit, run, then account: metrics, the log line and the audit run in every case."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
