@@ -18,6 +18,7 @@ class Tenant(Protocol):
     @property
     def org_id(self) -> str: ...
 
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
