@@ -10,7 +10,7 @@ import sys
 def test_automl_imports_no_other_aiaas_module() -> None:
     code = (
         "import json, sys\n"
-        "import aiaas.automl, aiaas.automl.api, aiaas.automl.model, aiaas.automl.onnx_export\n"
+        "import aiaas.automl, aiaas.automl.fit, aiaas.automl.model, aiaas.automl.onnx_export\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.startswith('aiaas'))))\n"
     )
     out = subprocess.run(

@@ -16,7 +16,6 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from aiaas.automl.api import default_n_jobs, fit
 from aiaas.automl.errors import (
     ArtifactError,
     ArtifactIntegrityError,
@@ -26,6 +25,7 @@ from aiaas.automl.errors import (
     InvalidTarget,
     SearchFailed,
 )
+from aiaas.automl.fit import default_n_jobs, fit
 from aiaas.automl.metrics import METRICS
 from aiaas.automl.model import TrainedModel, load
 from aiaas.automl.search import TrialResult

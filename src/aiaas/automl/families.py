@@ -17,6 +17,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, ClassVar
 
 import numpy as np
@@ -26,10 +27,14 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler, TargetEncoder
 
+from aiaas.automl.types import Task
+
 __all__ = ["FAMILIES", "Context", "Family", "FitInfo", "TrialTimeout"]
 
 Params = dict[str, Any]
-Matrix = NDArray[np.float32]
+Matrix = NDArray[np.float32]  # the preprocessed features
+Labels = NDArray[Any]  # class codes 0..k-1, or the (standardised) regression target
+Weights = NDArray[np.float64] | None  # per-row sample weights; None = unweighted
 
 
 class TrialTimeout(Exception):
@@ -40,7 +45,7 @@ class TrialTimeout(Exception):
 class Context:
     """What a family needs to know about the data and the run."""
 
-    task: str
+    task: Task
     n_classes: int
     n_rows: int
     n_features: int
@@ -72,6 +77,9 @@ class Family:
     def available(self, ctx: Context) -> bool:
         return True
 
+    def preload(self) -> None:
+        """Import the family's library now, so its first trial's measured time is all fit."""
+
     def defaults(self, ctx: Context) -> list[Params]:
         raise NotImplementedError
 
@@ -85,10 +93,10 @@ class Family:
         self,
         est: Any,
         X: Matrix,
-        y: NDArray[Any],
-        w: NDArray[np.float64] | None,
+        y: Labels,
+        w: Weights,
         X_val: Matrix | None,
-        y_val: NDArray[Any] | None,
+        y_val: Labels | None,
         ctx: Context,
     ) -> FitInfo:
         est.fit(X, y, **_sw(est, w))
@@ -103,7 +111,7 @@ class Family:
         return max(1, int(round(float(np.mean(rounds)) * scale)))
 
 
-def _sw(est: Any, w: NDArray[np.float64] | None) -> dict[str, Any]:
+def _sw(est: Any, w: Weights) -> dict[str, Any]:
     if w is None:
         return {}
     if isinstance(est, Pipeline):
@@ -124,6 +132,10 @@ def _n_threads(ctx: Context) -> int:
 class LightGBM(Family):
     name = "lightgbm"
     MAX_ROUNDS = 3000
+
+    def preload(self) -> None:
+        # LightGBM's time is the yardstick for every family not yet measured (search.py)
+        _lgb_takes_eval_xy()
 
     def defaults(self, ctx: Context) -> list[Params]:
         return [
@@ -171,7 +183,16 @@ class LightGBM(Family):
             **p,
         )
 
-    def fit(self, est, X, y, w, X_val, y_val, ctx):  # type: ignore[no-untyped-def]
+    def fit(
+        self,
+        est: Any,
+        X: Matrix,
+        y: Labels,
+        w: Weights,
+        X_val: Matrix | None,
+        y_val: Labels | None,
+        ctx: Context,
+    ) -> FitInfo:
         import lightgbm as lgb
 
         deadline = ctx.deadline
@@ -184,7 +205,7 @@ class LightGBM(Family):
         kw: dict[str, Any] = {"categorical_feature": ctx.categorical or "auto"}
         cbs: list[Any] = [_stop]
         if X_val is not None and y_val is not None and est.n_estimators == self.MAX_ROUNDS:
-            if _LGB_EVAL_XY:
+            if _lgb_takes_eval_xy():
                 kw.update(eval_X=X_val, eval_y=y_val)
             else:
                 kw["eval_set"] = [(X_val, y_val)]
@@ -229,12 +250,12 @@ def _has_kw(fn: Any, name: str) -> bool:
         return False
 
 
-try:
-    import lightgbm as _lgb
+@cache
+def _lgb_takes_eval_xy() -> bool:
+    """Whether this LightGBM's ``fit`` takes ``eval_X``/``eval_y`` (newer than ``eval_set``)."""
+    import lightgbm as lgb
 
-    _LGB_EVAL_XY = _has_kw(_lgb.LGBMModel.fit, "eval_X")
-except ImportError:  # pragma: no cover
-    _LGB_EVAL_XY = False
+    return _has_kw(lgb.LGBMModel.fit, "eval_X")
 
 
 # ----------------------------------------------------------------------------------- XGBoost
@@ -275,7 +296,16 @@ class XGBoost(Family):
             **params,
         )
 
-    def fit(self, est, X, y, w, X_val, y_val, ctx):  # type: ignore[no-untyped-def]
+    def fit(
+        self,
+        est: Any,
+        X: Matrix,
+        y: Labels,
+        w: Weights,
+        X_val: Matrix | None,
+        y_val: Labels | None,
+        ctx: Context,
+    ) -> FitInfo:
         import xgboost as xgb
 
         deadline = ctx.deadline
@@ -338,7 +368,16 @@ class HistGB(Family):
 
     CHUNK = 25
 
-    def fit(self, est, X, y, w, X_val, y_val, ctx):  # type: ignore[no-untyped-def]
+    def fit(
+        self,
+        est: Any,
+        X: Matrix,
+        y: Labels,
+        w: Weights,
+        X_val: Matrix | None,
+        y_val: Labels | None,
+        ctx: Context,
+    ) -> FitInfo:
         if not (est.early_stopping and X_val is not None):
             est.fit(X, y, sample_weight=w)
             return FitInfo(rounds=int(est.n_iter_))
@@ -360,9 +399,6 @@ class HistGB(Family):
 # ---------------------------------------------------------------------- bagged trees
 class _Forest(Family):
     extra_trees: ClassVar[bool] = False
-
-    def available(self, ctx: Context) -> bool:
-        return True
 
     def defaults(self, ctx: Context) -> list[Params]:
         return [{"max_features": 0.5, "min_samples_leaf": 1}]
@@ -395,7 +431,16 @@ class _Forest(Family):
 
     CHUNK = 50
 
-    def fit(self, est, X, y, w, X_val, y_val, ctx):  # type: ignore[no-untyped-def]
+    def fit(
+        self,
+        est: Any,
+        X: Matrix,
+        y: Labels,
+        w: Weights,
+        X_val: Matrix | None,
+        y_val: Labels | None,
+        ctx: Context,
+    ) -> FitInfo:
         model = est.steps[-1][1]
         total = int(model.n_estimators)
         if not math.isfinite(ctx.deadline) or total <= self.CHUNK:
@@ -539,7 +584,16 @@ class KNN(Family):
         model = cls(n_neighbors=k, weights="uniform", n_jobs=_n_threads(ctx))
         return Pipeline([("encode", _dense_encoder(ctx)), ("model", model)])
 
-    def fit(self, est, X, y, w, X_val, y_val, ctx):  # type: ignore[no-untyped-def]
+    def fit(
+        self,
+        est: Any,
+        X: Matrix,
+        y: Labels,
+        w: Weights,
+        X_val: Matrix | None,
+        y_val: Labels | None,
+        ctx: Context,
+    ) -> FitInfo:
         est.fit(X, y)  # k-NN takes no sample weights
         return FitInfo()
 
@@ -580,7 +634,16 @@ class MLP(Family):
         )
         return Pipeline([("encode", _dense_encoder(ctx)), ("model", model)])
 
-    def fit(self, est, X, y, w, X_val, y_val, ctx):  # type: ignore[no-untyped-def]
+    def fit(
+        self,
+        est: Any,
+        X: Matrix,
+        y: Labels,
+        w: Weights,
+        X_val: Matrix | None,
+        y_val: Labels | None,
+        ctx: Context,
+    ) -> FitInfo:
         est.fit(X, y)  # early stopping uses its own split; weights unsupported in old sklearn
         return FitInfo()
 

@@ -17,6 +17,7 @@ from scipy.stats import rankdata
 from sklearn import metrics as skm
 
 from aiaas.automl.errors import InvalidConfig
+from aiaas.automl.types import Task
 
 __all__ = ["METRICS", "DEFAULT_METRIC", "Metric", "get_metric", "loss", "score"]
 
@@ -32,7 +33,7 @@ class Metric:
 
     name: str
     greater_is_better: bool
-    tasks: frozenset[str]
+    tasks: frozenset[Task]
     fn: Callable[[NDArray[np.generic], FloatArray, int], float]
 
 
@@ -97,8 +98,8 @@ def _r2(y: NDArray[np.generic], pred: FloatArray, k: int) -> float:
     return float(skm.r2_score(np.asarray(y, dtype=np.float64), pred))
 
 
-_CLS = frozenset({"binary", "multiclass"})
-_REG = frozenset({"regression"})
+_CLS: frozenset[Task] = frozenset({"binary", "multiclass"})
+_REG: frozenset[Task] = frozenset({"regression"})
 
 METRICS: dict[str, Metric] = {
     m.name: m
@@ -121,10 +122,14 @@ _ALIASES = {
     "f1_binary": "f1",
 }
 
-DEFAULT_METRIC = {"binary": "roc_auc", "multiclass": "log_loss", "regression": "rmse"}
+DEFAULT_METRIC: dict[Task, str] = {
+    "binary": "roc_auc",
+    "multiclass": "log_loss",
+    "regression": "rmse",
+}
 
 
-def get_metric(name: str | None, task: str) -> Metric:
+def get_metric(name: str | None, task: Task) -> Metric:
     """The metric called ``name`` (or the task's default), checked against the task."""
     if name is None:
         name = DEFAULT_METRIC[task]

@@ -293,23 +293,19 @@ class TrainedModel:
     # ------------------------------------------------------------------------------- saving
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write the artifact directory atomically (temp dir + rename); returns its path."""
-        import skops.io as sio
-
         target = Path(directory)
         if target.exists() and any(target.iterdir()):
             raise ArtifactError(f"output directory {str(target)!r} exists and is not empty")
         target.parent.mkdir(parents=True, exist_ok=True)
-        state = {
-            "preprocessor": self.preprocessor,
-            "members": list(self.members),
-        }
-        blob = sio.dumps(state)
-        untrusted = set(sio.get_untrusted_types(data=blob)) - set(TRUSTED_TYPES)
-        if untrusted:
-            raise ArtifactError(f"model holds types outside the trusted list: {sorted(untrusted)}")
-        files: dict[str, bytes] = {"model.skops": blob}
+        files = self._artifact_files()
+        files["manifest.json"] = _dumps(self._manifest(files))
+        _write_dir_atomic(target, files)
+        return target
+
+    def _artifact_files(self) -> dict[str, bytes]:
+        """Every file but the manifest, in the order they are written."""
+        files: dict[str, bytes] = {"model.skops": self._skops_blob()}
         onnx_bytes = self.to_onnx()
-        raw_bytes = None
         if onnx_bytes is not None:
             files["model.onnx"] = onnx_bytes
             raw_bytes = self.to_onnx_raw()
@@ -330,7 +326,26 @@ class TrainedModel:
                 "feature_importance": self.feature_importance,
             }
         )
-        manifest = {
+        return files
+
+    def _skops_blob(self) -> bytes:
+        """The preprocessor and members as skops bytes, refused if a type is not trusted."""
+        import skops.io as sio
+
+        state = {
+            "preprocessor": self.preprocessor,
+            "members": list(self.members),
+        }
+        blob: bytes = sio.dumps(state)
+        untrusted = set(sio.get_untrusted_types(data=blob)) - set(TRUSTED_TYPES)
+        if untrusted:
+            raise ArtifactError(f"model holds types outside the trusted list: {sorted(untrusted)}")
+        return blob
+
+    def _manifest(self, files: Mapping[str, bytes]) -> dict[str, Any]:
+        """``manifest.json``: what the artifact is, its ONNX I/O and the SHA-256 of ``files``."""
+        output = "prediction" if self.task == "regression" else "probabilities"
+        return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "task": self.task,
@@ -344,49 +359,51 @@ class TrainedModel:
                 "y_std": self.y_std,
             },
             "onnx": None
-            if onnx_bytes is None
+            if "model.onnx" not in files
             else {
                 "file": "model.onnx",
                 "input": "input",
                 "input_encoding": "encoding.json",
                 "n_features": len(self.preprocessor.feature_names_out_),
-                "output": "prediction" if self.task == "regression" else "probabilities",
+                "output": output,
             },
             "onnx_raw": None
-            if raw_bytes is None
-            else {
-                "file": "model_raw.onnx",
-                "inputs": [
-                    {
-                        "name": spec["name"],
-                        "type": "float" if spec["kind"] == "numeric" else "string",
-                        "shape": [None, 1],
-                        "missing": "NaN" if spec["kind"] == "numeric" else "",
-                    }
-                    for spec in self.preprocessor.specs_
-                    if spec["kind"] != "dropped"
-                ],
-                "output": "prediction" if self.task == "regression" else "probabilities",
-            },
+            if "model_raw.onnx" not in files
+            else {"file": "model_raw.onnx", "inputs": self._raw_inputs(), "output": output},
             "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
         }
-        files["manifest.json"] = _dumps(manifest)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
-            for name, data in files.items():
-                with open(tmp / name, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            if target.exists():
-                target.rmdir()
-            os.replace(tmp, target)
-        except BaseException:
-            for p in tmp.glob("*"):
-                p.unlink()
-            tmp.rmdir()
-            raise
-        return target
+
+    def _raw_inputs(self) -> list[dict[str, Any]]:
+        """The inputs of ``model_raw.onnx``: one ``[N, 1]`` tensor per used column."""
+        return [
+            {
+                "name": spec["name"],
+                "type": "float" if spec["kind"] == "numeric" else "string",
+                "shape": [None, 1],
+                "missing": "NaN" if spec["kind"] == "numeric" else "",
+            }
+            for spec in self.preprocessor.specs_
+            if spec["kind"] != "dropped"
+        ]
+
+
+def _write_dir_atomic(target: Path, files: Mapping[str, bytes]) -> None:
+    """Write ``files`` (fsynced) to a temporary sibling directory, then rename it to ``target``."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        for name, data in files.items():
+            with open(tmp / name, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        if target.exists():
+            target.rmdir()
+        os.replace(tmp, target)
+    except BaseException:
+        for p in tmp.glob("*"):
+            p.unlink()
+        tmp.rmdir()
+        raise
 
 
 def _json_default(o: Any) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -78,6 +79,16 @@ def member_to_onnx(est: Any, n_features: int, is_cls: bool) -> Any:
     return model
 
 
+@dataclass
+class _GraphParts:
+    """What a graph is assembled from, collected member by member or column by column."""
+
+    nodes: list[Any] = field(default_factory=list)
+    inits: list[Any] = field(default_factory=list)
+    opsets: dict[str, int] = field(default_factory=dict)  # the highest version per domain
+    funcs: list[Any] = field(default_factory=list)
+
+
 def ensemble_to_onnx(
     members: Sequence[Any],
     weights: Sequence[float],
@@ -90,65 +101,82 @@ def ensemble_to_onnx(
 ) -> Any:
     """Combine member graphs (each from :func:`member_to_onnx`) into one weighted graph."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
-    nodes: list[Any] = []
-    inits: list[Any] = []
-    opsets: dict[str, int] = {}
-    funcs: list[Any] = []
-    weighted: list[str] = []
-    for i, (m, w) in enumerate(zip(members, weights, strict=True)):
-        pre = f"m{i}_"
-        m = onnx.compose.add_prefix(m, prefix=pre)
-        for op in m.opset_import:
-            opsets[op.domain] = max(opsets.get(op.domain, 0), op.version)
-        nodes.append(helper.make_node("Identity", ["input"], [f"{pre}input"], name=f"{pre}feed"))
-        nodes.extend(m.graph.node)
-        inits.extend(m.graph.initializer)
-        funcs.extend(m.functions)
-        out = m.graph.output[0].name
-        if is_cls:
-            src = out
-        else:
-            src = f"{pre}flat"
-            shape = numpy_helper.from_array(np.array([-1, 1], dtype=np.int64), f"{pre}shape")
-            inits.append(shape)
-            nodes.append(helper.make_node("Reshape", [out, shape.name], [src]))
-        wname = f"{pre}weight"
-        inits.append(numpy_helper.from_array(np.array(w, dtype=np.float32), wname))
-        nodes.append(helper.make_node("Mul", [src, wname], [f"{pre}weighted"]))
-        weighted.append(f"{pre}weighted")
-    if is_cls:
-        nodes.append(helper.make_node("Sum", weighted, ["probabilities"]))
-        out_info = helper.make_tensor_value_info(
-            "probabilities", TensorProto.FLOAT, [None, n_classes]
-        )
-    else:
-        inits.append(numpy_helper.from_array(np.array(y_std, dtype=np.float32), "y_std"))
-        inits.append(numpy_helper.from_array(np.array(y_mean, dtype=np.float32), "y_mean"))
-        nodes.append(helper.make_node("Sum", weighted, ["scaled"]))
-        nodes.append(helper.make_node("Mul", ["scaled", "y_std"], ["unscaled"]))
-        nodes.append(helper.make_node("Add", ["unscaled", "y_mean"], ["prediction"]))
-        out_info = helper.make_tensor_value_info("prediction", TensorProto.FLOAT, [None, 1])
+    parts = _GraphParts()
+    weighted = [
+        _add_member(parts, f"m{i}_", m, w, is_cls)
+        for i, (m, w) in enumerate(zip(members, weights, strict=True))
+    ]
+    out_info = _add_combination(parts, weighted, is_cls, n_classes, y_mean, y_std)
     graph = helper.make_graph(
-        nodes,
+        parts.nodes,
         "aiaas_automl",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, n_features])],
         [out_info],
-        initializer=inits,
+        initializer=parts.inits,
     )
     # one version per domain for the whole graph (members were converted for these)
+    opsets = parts.opsets
     opsets[""] = max(opsets.get("", 0), ONNX_OPSET)
     opsets["ai.onnx.ml"] = max(opsets.get("ai.onnx.ml", 0), ONNX_ML_OPSET)
     model = helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())],
         producer_name="aiaas.automl",
-        functions=funcs,
+        functions=parts.funcs,
     )
     model.ir_version = min(model.ir_version, 9)
     onnx.checker.check_model(model)
     return model
+
+
+def _add_member(parts: _GraphParts, pre: str, m: Any, w: float, is_cls: bool) -> str:
+    """Add one member, names prefixed with ``pre``; returns its weighted output's name."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.compose.add_prefix(m, prefix=pre)
+    for op in m.opset_import:
+        parts.opsets[op.domain] = max(parts.opsets.get(op.domain, 0), op.version)
+    parts.nodes.append(helper.make_node("Identity", ["input"], [f"{pre}input"], name=f"{pre}feed"))
+    parts.nodes.extend(m.graph.node)
+    parts.inits.extend(m.graph.initializer)
+    parts.funcs.extend(m.functions)
+    out = m.graph.output[0].name
+    if is_cls:
+        src = out
+    else:
+        src = f"{pre}flat"
+        shape = numpy_helper.from_array(np.array([-1, 1], dtype=np.int64), f"{pre}shape")
+        parts.inits.append(shape)
+        parts.nodes.append(helper.make_node("Reshape", [out, shape.name], [src]))
+    wname = f"{pre}weight"
+    parts.inits.append(numpy_helper.from_array(np.array(w, dtype=np.float32), wname))
+    parts.nodes.append(helper.make_node("Mul", [src, wname], [f"{pre}weighted"]))
+    return f"{pre}weighted"
+
+
+def _add_combination(
+    parts: _GraphParts,
+    weighted: list[str],
+    is_cls: bool,
+    n_classes: int,
+    y_mean: float,
+    y_std: float,
+) -> Any:
+    """Sum the weighted members (and undo the target's scaling); returns the output's info."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    if is_cls:
+        parts.nodes.append(helper.make_node("Sum", weighted, ["probabilities"]))
+        return helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, n_classes])
+    parts.inits.append(numpy_helper.from_array(np.array(y_std, dtype=np.float32), "y_std"))
+    parts.inits.append(numpy_helper.from_array(np.array(y_mean, dtype=np.float32), "y_mean"))
+    parts.nodes.append(helper.make_node("Sum", weighted, ["scaled"]))
+    parts.nodes.append(helper.make_node("Mul", ["scaled", "y_std"], ["unscaled"]))
+    parts.nodes.append(helper.make_node("Add", ["unscaled", "y_mean"], ["prediction"]))
+    return helper.make_tensor_value_info("prediction", TensorProto.FLOAT, [None, 1])
 
 
 def raw_input_head(specs: Sequence[dict[str, Any]], core: Any) -> Any | None:
@@ -160,10 +188,9 @@ def raw_input_head(specs: Sequence[dict[str, Any]], core: Any) -> Any | None:
     kind cannot be expressed (datetime parts).
     """
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
-    nodes: list[Any] = []
-    inits: list[Any] = []
+    parts = _GraphParts()
     inputs: list[Any] = []
     encoded: list[str] = []
     for i, spec in enumerate(specs):
@@ -172,46 +199,19 @@ def raw_input_head(specs: Sequence[dict[str, Any]], core: Any) -> Any | None:
             continue
         if kind == "datetime":
             return None
-        name = spec["name"]
         col = f"col{i}"
         if kind == "numeric":
-            inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [None, 1]))
-            nodes.append(helper.make_node("IsInf", [name], [f"{col}_inf"]))
-            if not any(x.name == "nan_const" for x in inits):
-                inits.append(
-                    numpy_helper.from_array(np.array(np.nan, dtype=np.float32), "nan_const")
-                )
-            nodes.append(
-                helper.make_node("Where", [f"{col}_inf", "nan_const", name], [f"{col}_enc"])
-            )
+            inputs.append(_add_numeric_column(parts, spec["name"], col))
         else:
-            inputs.append(helper.make_tensor_value_info(name, TensorProto.STRING, [None, 1]))
-            levels = [str(v) for v in spec["levels"]]
-            other = float(len(levels)) if spec["other"] else -1.0
-            keys = list(levels)
-            values = [float(j) for j in range(len(levels))]
-            if "" not in keys:  # missing arrives as the empty string
-                keys.append("")
-                values.append(-1.0)
-            nodes.append(
-                helper.make_node(
-                    "LabelEncoder",
-                    [name],
-                    [f"{col}_enc"],
-                    domain="ai.onnx.ml",
-                    keys_strings=keys,
-                    values_floats=values,
-                    default_float=other,
-                )
-            )
+            inputs.append(_add_categorical_column(parts, spec, col))
         encoded.append(f"{col}_enc")
-    nodes.append(helper.make_node("Concat", encoded, ["input"], axis=1))
+    parts.nodes.append(helper.make_node("Concat", encoded, ["input"], axis=1))
     head = helper.make_graph(
-        nodes,
+        parts.nodes,
         "aiaas_encode",
         inputs,
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, len(encoded)])],
-        initializer=inits,
+        initializer=parts.inits,
     )
     head_model = helper.make_model(
         head,
@@ -221,3 +221,40 @@ def raw_input_head(specs: Sequence[dict[str, Any]], core: Any) -> Any | None:
     merged = onnx.compose.merge_models(head_model, core, io_map=[("input", "input")])
     onnx.checker.check_model(merged)
     return merged
+
+
+def _add_numeric_column(parts: _GraphParts, name: str, col: str) -> Any:
+    """A float input whose ±inf become NaN (missing) in ``<col>_enc``; returns the input."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    parts.nodes.append(helper.make_node("IsInf", [name], [f"{col}_inf"]))
+    if not any(x.name == "nan_const" for x in parts.inits):
+        parts.inits.append(numpy_helper.from_array(np.array(np.nan, dtype=np.float32), "nan_const"))
+    parts.nodes.append(helper.make_node("Where", [f"{col}_inf", "nan_const", name], [f"{col}_enc"]))
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, [None, 1])
+
+
+def _add_categorical_column(parts: _GraphParts, spec: dict[str, Any], col: str) -> Any:
+    """A string input coded as the preprocessor does in ``<col>_enc``; returns the input."""
+    from onnx import TensorProto, helper
+
+    name = spec["name"]
+    levels = [str(v) for v in spec["levels"]]
+    other = float(len(levels)) if spec["other"] else -1.0
+    keys = list(levels)
+    values = [float(j) for j in range(len(levels))]
+    if "" not in keys:  # missing arrives as the empty string
+        keys.append("")
+        values.append(-1.0)
+    parts.nodes.append(
+        helper.make_node(
+            "LabelEncoder",
+            [name],
+            [f"{col}_enc"],
+            domain="ai.onnx.ml",
+            keys_strings=keys,
+            values_floats=values,
+            default_float=other,
+        )
+    )
+    return helper.make_tensor_value_info(name, TensorProto.STRING, [None, 1])

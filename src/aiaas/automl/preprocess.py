@@ -27,6 +27,7 @@ from numpy.typing import NDArray
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from aiaas.automl.errors import InvalidData, InvalidTarget
+from aiaas.automl.types import Task, TaskOption
 
 __all__ = ["MIN_ROWS", "TabularPreprocessor", "infer_task", "prepare_target"]
 
@@ -37,7 +38,7 @@ _DT_PARTS = ("year", "month", "day", "weekday", "dayofyear", "hour", "epoch_days
 _DATE_LIKE = re.compile(r"^\s*\d{4}-\d{2}-\d{2}")
 
 
-def infer_task(y: pd.Series) -> str:
+def infer_task(y: pd.Series) -> Task:
     """binary / multiclass / regression from the (non-missing) target values."""
     values = y.dropna()
     if (
@@ -57,8 +58,8 @@ def infer_task(y: pd.Series) -> str:
 
 
 def prepare_target(
-    y: pd.Series, task: str
-) -> tuple[str, NDArray[Any], NDArray[Any] | None, NDArray[np.bool_]]:
+    y: pd.Series, task: TaskOption
+) -> tuple[Task, NDArray[Any], NDArray[Any] | None, NDArray[np.bool_]]:
     """Check the target and encode it.
 
     Returns ``(task, y_encoded, classes, keep)`` where ``keep`` marks rows with a target
@@ -75,9 +76,8 @@ def prepare_target(
     if not keep.any():
         raise InvalidTarget("the target column has no values")
     values = y[keep]
-    if task == "auto":
-        task = infer_task(values)
-    if task == "regression":
+    resolved = infer_task(values) if task == "auto" else task
+    if resolved == "regression":
         if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
             numeric = pd.to_numeric(values, errors="coerce")
             bad = int(numeric.isna().sum())
@@ -87,20 +87,20 @@ def prepare_target(
                     f"(e.g. {str(values[numeric.isna()].iloc[0])[:40]!r})"
                 )
             values = numeric
-        return task, values.to_numpy(dtype=np.float64), None, keep
+        return resolved, values.to_numpy(dtype=np.float64), None, keep
     labels = np.asarray([_label(v) for v in values.to_numpy()], dtype=object)
     classes = _sorted_classes(labels)
     if classes.size < 2:
         raise InvalidTarget(
             f"the target has a single class ({classes[0]!r}); classification needs at least two"
         )
-    if task == "binary" and classes.size > 2:
+    if resolved == "binary" and classes.size > 2:
         raise InvalidTarget(f"task 'binary' but the target has {classes.size} classes")
-    if task == "multiclass" and classes.size > 1000:
+    if resolved == "multiclass" and classes.size > 1000:
         raise InvalidTarget(f"the target has {classes.size} classes; at most 1000 are supported")
     lookup = {c: i for i, c in enumerate(classes.tolist())}
     encoded = np.fromiter((lookup[v] for v in labels), dtype=np.int64, count=labels.size)
-    return task, encoded, classes, keep
+    return resolved, encoded, classes, keep
 
 
 def _label(v: Any) -> Any:
@@ -319,7 +319,7 @@ def _dt_part(dt: pd.Series, part: str) -> NDArray[np.float64]:
     return np.asarray(pd.Series(acc).astype("float64").to_numpy(dtype=np.float64, na_value=np.nan))
 
 
-def detect_leakage(X: pd.DataFrame, y: NDArray[Any], task: str, columns: list[str]) -> list[str]:
+def detect_leakage(X: pd.DataFrame, y: NDArray[Any], task: Task, columns: list[str]) -> list[str]:
     """Columns (nearly) identical to, or fully determining, the target."""
     suspects: list[str] = []
     n = len(y)

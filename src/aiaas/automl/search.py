@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -27,10 +27,20 @@ from sklearn.utils.class_weight import compute_sample_weight
 from threadpoolctl import threadpool_limits
 
 from aiaas.automl.errors import InvalidConfig
-from aiaas.automl.families import FAMILIES, Context, Family, FitInfo, TrialTimeout
+from aiaas.automl.families import FAMILIES, Context, Family, FitInfo, Params, TrialTimeout
 from aiaas.automl.metrics import Metric, loss, score
+from aiaas.automl.types import Task
 
-__all__ = ["Split", "TrialResult", "fit_predict", "make_splits", "parallel_map", "run_search"]
+__all__ = [
+    "Split",
+    "SplitKind",
+    "TrialResult",
+    "TrialState",
+    "fit_predict",
+    "make_splits",
+    "parallel_map",
+    "run_search",
+]
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +69,19 @@ _DEFAULT_ORDER = [
 ]
 
 
+Fold = tuple[NDArray[np.intp], NDArray[np.intp]]  # (train rows, validation rows)
+SplitKind = Literal["kfold", "holdout"]
+# how a trial ended: "skipped" was never run (it could not be afforded in the time left),
+# "timeout" was interrupted at the search deadline
+TrialState = Literal["complete", "pruned", "failed", "skipped", "timeout"]
+
+
 @dataclass
 class Split:
     """Train/validation index pairs and the share of rows each model trains on."""
 
-    folds: list[tuple[NDArray[np.intp], NDArray[np.intp]]]
-    kind: str  # "kfold" | "holdout"
+    folds: list[Fold]
+    kind: SplitKind
     train_fraction: float
     oof_mask: NDArray[np.bool_]
 
@@ -76,7 +93,7 @@ class TrialResult:
     number: int
     family: str
     params: dict[str, Any]
-    state: str  # complete | pruned | failed | skipped | timeout
+    state: TrialState
     score: float | None = None
     score_std: float | None = None
     loss: float | None = None
@@ -100,7 +117,7 @@ class TrialResult:
         }
 
 
-def make_splits(y: NDArray[Any], task: str, cv: int | float | None, seed: int) -> Split:
+def make_splits(y: NDArray[Any], task: Task, cv: int | float | None, seed: int) -> Split:
     """k-fold (stratified for classification) for small data, holdout for large."""
     n = len(y)
     if cv is None:
@@ -214,9 +231,33 @@ def run_search(
 ) -> list[TrialResult]:
     """Run trials until the budget (minus the refit reserve), ``max_trials`` or a callback."""
     import optuna
-    from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    names = _family_names(families, ctx)
+    for name in names:
+        FAMILIES[name].preload()
+    starts = _starting_configs(names, ctx, sampler)
+    loop = _TrialLoop(
+        study=_build_study(starts, sampler, ctx.seed),
+        names=names,
+        X=X,
+        y=y,
+        ctx=ctx,
+        metric=metric,
+        split=split,
+        deadline=t_start + budget,
+        max_trials=max_trials,
+        grid_size=len(starts) if sampler == "grid" else None,
+        balanced=balanced,
+        callbacks=callbacks,
+        reserve_fn=reserve_fn,
+        score_scale=score_scale,
+    )
+    return loop.run()
+
+
+def _family_names(families: Sequence[str] | None, ctx: Context) -> list[str]:
+    """The families to search: those asked for (default all) that suit this data."""
     names = [n for n in (families or list(FAMILIES)) if n in FAMILIES]
     unknown = set(families or ()) - set(FAMILIES)
     if unknown:
@@ -226,102 +267,175 @@ def run_search(
     names = [n for n in names if FAMILIES[n].available(ctx)]
     if not names:
         raise InvalidConfig("no model family is available for this data")
+    return names
 
-    defaults: list[tuple[str, dict[str, Any]]] = []
+
+def _starting_configs(names: list[str], ctx: Context, sampler: str) -> list[tuple[str, Params]]:
+    """The configurations enqueued before the sampler takes over (the grid, for ``grid``)."""
+    starts: list[tuple[str, Params]] = []
     for fam_name, i in _DEFAULT_ORDER:
         if fam_name in names:
             confs = FAMILIES[fam_name].defaults(ctx)
             if i < len(confs):
-                defaults.append((fam_name, confs[i]))
+                starts.append((fam_name, confs[i]))
     if sampler == "grid":
-        defaults += _grid(names, ctx)
+        starts += _grid(names, ctx)
+    return starts
+
+
+def _build_study(starts: list[tuple[str, Params]], sampler: str, seed: int) -> Any:
+    """A minimising Optuna study with the sampler, the pruner and ``starts`` enqueued."""
+    import optuna
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optuna's ExperimentalWarning for group/multivariate
         if sampler == "tpe":
             samp: Any = optuna.samplers.TPESampler(
-                seed=ctx.seed, multivariate=True, group=True, n_startup_trials=len(defaults)
+                seed=seed, multivariate=True, group=True, n_startup_trials=len(starts)
             )
         elif sampler in ("random", "grid"):
-            samp = optuna.samplers.RandomSampler(seed=ctx.seed)
+            samp = optuna.samplers.RandomSampler(seed=seed)
         else:
             raise InvalidConfig("sampler must be 'tpe', 'random' or 'grid'")
         pruner = optuna.pruners.PercentilePruner(
-            75.0, n_startup_trials=max(5, len(defaults)), n_warmup_steps=0
+            75.0, n_startup_trials=max(5, len(starts)), n_warmup_steps=0
         )
         study = optuna.create_study(direction="minimize", sampler=samp, pruner=pruner)
-        for fam_name, conf in defaults:
+        for fam_name, conf in starts:
             study.enqueue_trial(
                 {"family": fam_name, **{f"{fam_name}:{k}": v for k, v in conf.items()}},
                 skip_if_exists=True,
             )
+    return study
 
-    results: list[TrialResult] = []
-    family_time: dict[str, list[float]] = {}
-    skipped_in_row = 0
-    deadline = t_start + budget
-    n_grid = len(defaults)
-    while True:
+
+@dataclass
+class _TrialLoop:
+    """The ask → evaluate → tell loop: its stopping rules and its skip policy."""
+
+    study: Any
+    names: list[str]
+    X: NDArray[np.float32]
+    y: NDArray[Any]
+    ctx: Context
+    metric: Metric
+    split: Split
+    deadline: float
+    max_trials: int | None
+    grid_size: int | None  # ``sampler="grid"``: stop once every enqueued configuration ran
+    balanced: bool
+    callbacks: Sequence[Callable[[TrialResult], Any]]
+    reserve_fn: Callable[[list[TrialResult]], float]
+    score_scale: float
+    results: list[TrialResult] = field(default_factory=list)
+    family_time: dict[str, list[float]] = field(default_factory=dict)
+    skipped_in_row: int = 0
+
+    def run(self) -> list[TrialResult]:
+        while (window := self._window()) is not None:
+            now, search_end = window
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                trial = self.study.ask()
+                fam_name = trial.suggest_categorical("family", self.names)
+                fam = FAMILIES[fam_name]
+                params = fam.suggest(trial, self.ctx)
+            left = search_end - now
+            if self._unaffordable(fam_name, left):
+                self._skip(trial, fam_name, params)
+                if self.skipped_in_row >= 60 or self._cheapest() > left:
+                    break
+                continue
+            self.skipped_in_row = 0
+            res = self._run_trial(trial, fam, params, search_end)
+            if not self._callbacks_continue(res):
+                break
+        return self.results
+
+    def _window(self) -> tuple[float, float] | None:
+        """``(now, end of the search)``, or ``None`` when the search is over."""
+        results = self.results
         if (
-            max_trials is not None
-            and len([r for r in results if r.state != "skipped"]) >= max_trials
+            self.max_trials is not None
+            and len([r for r in results if r.state != "skipped"]) >= self.max_trials
         ):
-            break
-        if sampler == "grid" and len(results) >= n_grid:
-            break
-        search_end = deadline - reserve_fn(results)
+            return None
+        if self.grid_size is not None and len(results) >= self.grid_size:
+            return None
+        search_end = self.deadline - self.reserve_fn(results)
         now = time.monotonic()
         if now >= search_end and any(r.state == "complete" for r in results):
-            break
-        if now >= deadline:
-            break
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            trial = study.ask()
-            fam_name = trial.suggest_categorical("family", names)
-            fam = FAMILIES[fam_name]
-            params = fam.suggest(trial, ctx)
-        # cost-aware: skip a configuration we cannot afford now (never the first trials)
-        expected = _expected_cost(fam_name, family_time, split)
-        left = search_end - now
-        if results and expected is not None and expected > max(left, 0.0) and max_trials is None:
-            # told as pruned (not failed) so TPE learns to avoid what we cannot afford
-            study.tell(trial, state=TrialState.PRUNED)
-            results.append(
-                TrialResult(
-                    trial.number,
-                    fam_name,
-                    params,
-                    "skipped",
-                    error="expected cost exceeds the time left",
-                )
+            return None
+        if now >= self.deadline:
+            return None
+        return now, search_end
+
+    def _unaffordable(self, fam_name: str, left: float) -> bool:
+        """Cost-aware: a configuration we cannot afford now (never the first trials)."""
+        expected = _expected_cost(fam_name, self.family_time, self.split)
+        return (
+            bool(self.results)
+            and expected is not None
+            and expected > max(left, 0.0)
+            and self.max_trials is None
+        )
+
+    def _skip(self, trial: Any, fam_name: str, params: Params) -> None:
+        from optuna.trial import TrialState as OptunaState
+
+        # told as pruned (not failed) so TPE learns to avoid what we cannot afford
+        self.study.tell(trial, state=OptunaState.PRUNED)
+        self.results.append(
+            TrialResult(
+                trial.number,
+                fam_name,
+                params,
+                "skipped",
+                error="expected cost exceeds the time left",
             )
-            skipped_in_row += 1
-            cheapest = min(
-                (c for n in names if (c := _expected_cost(n, family_time, split)) is not None),
-                default=0.0,
-            )
-            if skipped_in_row >= 60 or cheapest > left:
-                break
-            continue
-        skipped_in_row = 0
-        ctx.deadline = search_end if max_trials is None else math.inf
-        res = _evaluate(trial, fam, params, ctx, X, y, split, metric, balanced, score_scale)
-        family_time.setdefault(fam_name, []).append(res.fit_time)
+        )
+        self.skipped_in_row += 1
+
+    def _cheapest(self) -> float:
+        """The expected cost of the cheapest family measured so far."""
+        costs = (_expected_cost(n, self.family_time, self.split) for n in self.names)
+        return min((c for c in costs if c is not None), default=0.0)
+
+    def _run_trial(self, trial: Any, fam: Family, params: Params, search_end: float) -> TrialResult:
+        from optuna.trial import TrialState as OptunaState
+
+        ctx = self.ctx
+        ctx.deadline = search_end if self.max_trials is None else math.inf
+        res = _evaluate(
+            trial,
+            fam,
+            params,
+            ctx,
+            self.X,
+            self.y,
+            self.split,
+            self.metric,
+            self.balanced,
+            self.score_scale,
+        )
+        self.family_time.setdefault(fam.name, []).append(res.fit_time)
         if res.state == "complete":
-            study.tell(trial, res.loss)
+            self.study.tell(trial, res.loss)
         elif res.state == "pruned":
-            study.tell(trial, state=TrialState.PRUNED)
+            self.study.tell(trial, state=OptunaState.PRUNED)
         else:
-            study.tell(trial, state=TrialState.FAIL)
-        results.append(res)
-        _trim_oof(results)
+            self.study.tell(trial, state=OptunaState.FAIL)
+        self.results.append(res)
+        _trim_oof(self.results)
+        return res
+
+    def _callbacks_continue(self, res: TrialResult) -> bool:
+        """Call every callback with ``res``; ``False`` from any of them stops the search."""
         stop = False
-        for cb in callbacks:
+        for cb in self.callbacks:
             if cb(res) is False:
                 stop = True
-        if stop:
-            break
-    return results
+        return not stop
 
 
 def _expected_cost(name: str, family_time: dict[str, list[float]], split: Split) -> float | None:
@@ -349,7 +463,7 @@ def _trim_oof(results: list[TrialResult], keep: int = 40) -> None:
 def _evaluate(
     trial: Any,
     fam: Family,
-    params: dict[str, Any],
+    params: Params,
     ctx: Context,
     X: NDArray[np.float32],
     y: NDArray[Any],
@@ -358,44 +472,27 @@ def _evaluate(
     balanced: bool,
     score_scale: float = 1.0,
 ) -> TrialResult:
+    """Cross-validate one configuration; the trial reports to the pruner after each batch."""
     res = TrialResult(trial.number, fam.name, params, "complete")
     n = len(y)
     oof = np.zeros((n, ctx.n_classes)) if ctx.is_cls else np.zeros(n)
-    fold_scores: list[float] = []
-    fold_losses: list[float] = []
+    folds = _FoldScores(y, metric, score_scale, oof, res.rounds)
     t0 = time.monotonic()
     # small data: folds run side by side, one thread each (no OpenMP spinning, no idle core);
     # a single holdout fold: one model with every thread
     width = ctx.n_jobs if split.kind == "kfold" and ctx.n_jobs > 1 else 1
     fold_ctx = replace(ctx, n_jobs=1) if width > 1 else ctx
 
-    def run_fold(fold: tuple[NDArray[np.intp], NDArray[np.intp]]) -> tuple[Any, Any]:
+    def run_fold(fold: Fold) -> tuple[FitInfo, NDArray[np.float64]]:
         tr, va = fold
         w = _weights(y[tr], balanced)
         _, info, pred = fit_predict(fam, params, fold_ctx, X[tr], y[tr], w, X[va], y[va])
+        assert pred is not None  # given validation rows, fit_predict predicts them
         return info, pred
 
-    folds = split.folds
     try:
-        for start in range(0, len(folds), width):
-            batch = folds[start : start + width]
-            if width > 1:
-                with threadpool_limits(limits=1):
-                    outs = list(_pool(width).map(run_fold, batch))
-            else:
-                outs = [run_fold(f) for f in batch]
-            for (_, va), (info, pred) in zip(batch, outs, strict=True):
-                oof[va] = pred
-                if info.rounds:
-                    res.rounds.append(info.rounds)
-                # scores in the target's own units (regression targets are standardised)
-                fold_scores.append(score(metric, y[va], pred) * score_scale)
-                fold_losses.append(loss(metric, y[va], pred) * score_scale)
-            step = start + len(batch) - 1
-            trial.report(float(np.mean(fold_losses)), step)
-            if step < len(folds) - 1 and trial.should_prune():
-                res.state = "pruned"
-                break
+        if _run_folds(trial, split.folds, run_fold, width, folds):
+            res.state = "pruned"
     except TrialTimeout:
         res.state = "timeout"
         res.error = "stopped at the time budget"
@@ -405,14 +502,59 @@ def _evaluate(
         log.debug("trial %s failed", trial.number, exc_info=True)
     res.fit_time = time.monotonic() - t0
     # one fold's fit on one thread (folds ran ``width`` at a time)
-    res.fold_fit_time = res.fit_time * width / max(1, len(fold_losses))
-    if fold_scores:
-        res.score = float(np.mean(fold_scores))
-        res.score_std = float(np.std(fold_scores))
+    res.fold_fit_time = res.fit_time * width / max(1, len(folds.losses))
+    if folds.scores:
+        res.score = float(np.mean(folds.scores))
+        res.score_std = float(np.std(folds.scores))
     if res.state == "complete":
-        res.loss = float(np.mean(fold_losses))
+        res.loss = float(np.mean(folds.losses))
         res.oof = oof.astype(np.float32)
     return res
+
+
+@dataclass
+class _FoldScores:
+    """One trial's out-of-fold predictions, rounds and per-fold scores, filled fold by fold."""
+
+    y: NDArray[Any]
+    metric: Metric
+    score_scale: float
+    oof: NDArray[np.float64]
+    rounds: list[int]
+    scores: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+
+    def add(self, va: NDArray[np.intp], info: FitInfo, pred: NDArray[np.float64]) -> None:
+        self.oof[va] = pred
+        if info.rounds:
+            self.rounds.append(info.rounds)
+        # scores in the target's own units (regression targets are standardised)
+        self.scores.append(score(self.metric, self.y[va], pred) * self.score_scale)
+        self.losses.append(loss(self.metric, self.y[va], pred) * self.score_scale)
+
+
+def _run_folds(
+    trial: Any,
+    folds: list[Fold],
+    run_fold: Callable[[Fold], tuple[FitInfo, NDArray[np.float64]]],
+    width: int,
+    out: _FoldScores,
+) -> bool:
+    """Fit the folds ``width`` at a time into ``out``; ``True`` when the trial was pruned."""
+    for start in range(0, len(folds), width):
+        batch = folds[start : start + width]
+        if width > 1:
+            with threadpool_limits(limits=1):
+                outs = list(_pool(width).map(run_fold, batch))
+        else:
+            outs = [run_fold(f) for f in batch]
+        for (_, va), (info, pred) in zip(batch, outs, strict=True):
+            out.add(va, info, pred)
+        step = start + len(batch) - 1
+        trial.report(float(np.mean(out.losses)), step)
+        if step < len(folds) - 1 and trial.should_prune():
+            return True
+    return False
 
 
 def _grid(names: list[str], ctx: Context) -> list[tuple[str, dict[str, Any]]]:

@@ -211,14 +211,10 @@ def predict_command(
         frame = pd.DataFrame({"prediction": model.predict(data)})
     else:
         proba = model.predict_proba(data)
-        frame = pd.DataFrame(proba, columns=[_label_text(c) for c in model.classes_])
+        frame = pd.DataFrame(proba, columns=[str(c) for c in model.classes_])
     _write_csv_atomic(frame, output)
     if _interactive():
         typer.echo(f"wrote {len(frame)} prediction(s) to {output}")
-
-
-def _label_text(label: Any) -> str:
-    return str(label)
 
 
 if __name__ == "__main__":
