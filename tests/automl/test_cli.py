@@ -20,7 +20,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def train_csv(tmp_path_factory, mixed_df) -> Path:
-    path = tmp_path_factory.mktemp("cli") / "train.csv"
+    path: Path = tmp_path_factory.mktemp("cli") / "train.csv"
     mixed_df.to_csv(path, index=False)
     return path
 

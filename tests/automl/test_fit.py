@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import aiaas.automl as automl
 
 from .conftest import pmlb
 
-FAST = {"time_budget": 20, "max_trials": 4, "n_jobs": 1}
+FAST: dict[str, Any] = {"time_budget": 20, "max_trials": 4, "n_jobs": 1}
 
 
 def test_binary_end_to_end(binary_df) -> None:
@@ -96,7 +97,7 @@ def test_time_budget_is_respected(binary_df) -> None:
 
 def test_same_seed_same_leaderboard_order() -> None:
     df = pmlb("hypothyroid", n=600)
-    kw = {"time_budget": 60, "max_trials": 7, "seed": 3, "n_jobs": 2}
+    kw: dict[str, Any] = {"time_budget": 60, "max_trials": 7, "seed": 3, "n_jobs": 2}
     a = automl.fit(df, "target", **kw)
     b = automl.fit(df, "target", **kw)
 
@@ -161,7 +162,7 @@ def test_balanced_metric_on_imbalanced_data_uses_class_weights() -> None:
 def test_distillation_replaces_the_ensemble_with_one_lightgbm(tmp_path) -> None:
     df = pmlb("hypothyroid", n=1000)
     train, test = train_test_split(df, test_size=0.3, random_state=0, stratify=df.target)
-    kw = {
+    kw: dict[str, Any] = {
         "time_budget": 60,
         "max_trials": 6,
         "n_jobs": 2,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
 
 import aiaas.automl as automl
 
-FAST = {"time_budget": 10, "max_trials": 2, "n_jobs": 1}
+FAST: dict[str, Any] = {"time_budget": 10, "max_trials": 2, "n_jobs": 1}
 
 
 def _base(n: int = 60, seed: int = 0) -> pd.DataFrame:

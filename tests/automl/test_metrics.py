@@ -10,7 +10,8 @@ from aiaas.automl.metrics import get_metric, loss, score
 
 def _proba(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
     p = rng.random((n, k))
-    return p / p.sum(axis=1, keepdims=True)
+    out: np.ndarray = p / p.sum(axis=1, keepdims=True)
+    return out
 
 
 def test_classification_metrics_match_sklearn() -> None:
@@ -61,4 +62,4 @@ def test_default_metrics_per_task() -> None:
 )
 def test_unknown_or_mismatched_metric_is_invalid_config(name: str, task: str) -> None:
     with pytest.raises(InvalidConfig):
-        get_metric(name, task)
+        get_metric(name, task)  # type: ignore[arg-type]  # a caller's unchecked string

@@ -27,6 +27,7 @@ def test_prepare_target_drops_missing_and_encodes_sorted_classes() -> None:
     task, enc, classes, keep = prepare_target(y, "auto")
     assert task == "multiclass"
     assert keep.tolist() == [True, False, True, True, False, True]
+    assert classes is not None
     assert list(classes) == ["a", "b", "c"]
     assert enc.tolist() == [1, 0, 1, 2]
 
