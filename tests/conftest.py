@@ -28,6 +28,7 @@ from aiaas.api.app import create_app
 from aiaas.auth import service as auth_service
 from aiaas.auth.passwords import Passwords
 from aiaas.auth.permissions import Role
+from aiaas.data import service as data_service
 from aiaas.data.context import DataContext
 from aiaas.data.models import Dataset
 from aiaas.data.versions import VersionInfo, store_version
@@ -200,15 +201,7 @@ def make_dataset(
         resolved = auth_service.resolve_api_key(session, tenant.keys[role])
         assert resolved is not None, f"{tenant.slug} has no usable {role} key"
         principal = resolved[0]
-        dataset = Dataset(
-            org_id=principal.org_id,
-            name=name,
-            description=description,
-            latest_version=0,
-            created_by=principal.actor_id,
-        )
-        session.add(dataset)
-        session.flush()
+        dataset = data_service.new_dataset(session, principal, name, description)
         parquet = Path(tmp) / "data.parquet"
         pq.write_table(table, parquet)
         ctx = DataContext.build(settings, store, settings.secret_key())

@@ -12,7 +12,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from aiaas.data.recipes import Step
 from aiaas.data.types import ColumnType
 from aiaas.errors import InvalidInput
-from aiaas.schemas import Name, StrictModel
+from aiaas.schemas import NAME_MAX, StrictModel
 from aiaas.schemas import clean_name as clean_display_name
 
 #: Characters a dataset name cannot hold on top of :data:`aiaas.schemas.Name`'s rules: they
@@ -101,7 +101,8 @@ def clean_name(value: str) -> str:
     return value
 
 
-DatasetName = Annotated[Name, AfterValidator(clean_name)]
+#: A :data:`~aiaas.schemas.Name` that is also a usable SQL view name (checked once, by clean_name).
+DatasetName = Annotated[str, Field(min_length=1, max_length=NAME_MAX), AfterValidator(clean_name)]
 Description = Annotated[str, Field(max_length=DESCRIPTION_MAX), AfterValidator(clean_description)]
 
 

@@ -133,7 +133,7 @@ def _name_taken(existing: str) -> str:
     return f"a dataset named {existing!r} already exists (names are unique regardless of case)"
 
 
-def _new_dataset(
+def new_dataset(
     session: Session,
     principal: Principal,
     name: str,
@@ -175,7 +175,7 @@ def create_dataset(
         result = convert_upload(
             ctx.settings, upload.path, filename=upload.filename, options=options
         )
-        dataset = _new_dataset(session, principal, name, description)
+        dataset = new_dataset(session, principal, name, description)
         source = source_from_upload(result, upload.filename, upload.size, upload.sha256)
         store_version(session, principal, ctx, dataset, result.parquet_path, VersionInfo(source))
     session.refresh(dataset)
@@ -328,7 +328,7 @@ def import_dataset(
         rows = import_query(url, query, dest, import_limits(ctx.settings))
         options = ingest.IngestOptions(format="jsonl")
         result = convert_upload(ctx.settings, dest, options=options)
-        dataset = _new_dataset(session, principal, name, description, imported_rows=rows)
+        dataset = new_dataset(session, principal, name, description, imported_rows=rows)
         safe_url = make_url(url).render_as_string(hide_password=True)
         source = {"kind": "sql_import", "url": safe_url, "query": query[:10_000]}
         store_version(session, principal, ctx, dataset, result.parquet_path, VersionInfo(source))

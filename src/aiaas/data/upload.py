@@ -258,9 +258,7 @@ async def _parse_body(
         parser.finalize()
     except ClientDisconnect:
         raise BadRequest("the client disconnected during the upload") from None
-    except (ValueError, AssertionError) as exc:  # python-multipart parse errors
-        if isinstance(exc, PayloadTooLarge | BadRequest | InvalidInput):
-            raise
+    except (ValueError, AssertionError):  # python-multipart parse errors (ours are no ValueError)
         raise BadRequest("the multipart body is malformed") from None
     sink.raise_error()
     await writer.put_all(sink.pending)
