@@ -1,4 +1,5 @@
 """Imports every domain's ORM models so that ``Base.metadata`` is complete (Alembic, checks)."""
 
 import aiaas.auth.models
-import aiaas.data.models  # noqa: F401
+import aiaas.data.models
+import aiaas.registry.models  # noqa: F401
