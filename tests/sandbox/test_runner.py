@@ -183,3 +183,28 @@ def test_landlock_allows_exactly_the_paths_given(tmp_path):
     work_file = tmp_path / "work" / "ok"
     assert reply({"act": "write", "path": str(work_file)}) == {"ok": True}
     assert reply({"act": "write", "path": str(work_file)}, write=()) == {"ok": False, "errno": 13}
+
+
+def test_setting_cancel_kills_the_child_within_a_fraction_of_a_second(tmp_path):
+    import threading
+
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    started = time.monotonic()
+    run = _probe(tmp_path, {"act": "hang"}, cancel=cancel)
+    assert run.cancelled
+    assert not run.timed_out
+    assert time.monotonic() - started < 3.0
+
+
+@pytest.mark.skipif(landlock.abi_version() < 4, reason="this kernel's Landlock has no TCP rules")
+def test_landlock_refuses_tcp_connections(tmp_path):
+    import socket
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    try:
+        run = _probe(tmp_path, {"act": "connect", "host": "127.0.0.1", "port": port})
+        assert last_json_line(run.output) == {"ok": False, "errno": 13}
+    finally:
+        server.close()

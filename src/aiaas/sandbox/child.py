@@ -50,7 +50,9 @@ def start() -> Started:
         from aiaas.sandbox import landlock
 
         abi = landlock.restrict(
-            [*landlock.runtime_paths(), *sandbox["read"]], [*sandbox["write"], "/dev/null"]
+            [*landlock.runtime_paths(), *sandbox["read"]],
+            [*sandbox["write"], "/dev/null"],
+            tcp=bool(sandbox.get("tcp", False)),
         )
     return Started(request=envelope["request"], landlock_abi=abi)
 

@@ -78,8 +78,11 @@ def _fs_rights(abi: int) -> int:
     return rights
 
 
-def restrict(read_only: Iterable[str | Path], read_write: Iterable[str | Path]) -> int:
-    """Allow only these paths (and what lies beneath them); returns the ABI used, 0 if none.
+def restrict(
+    read_only: Iterable[str | Path], read_write: Iterable[str | Path], *, tcp: bool = False
+) -> int:
+    """Allow only these paths (and what lies beneath them), and no TCP unless ``tcp``;
+    returns the ABI used, 0 if none.
 
     Paths that do not exist are skipped. Raises OSError if the kernel has Landlock but
     refuses the ruleset — a sandbox that silently did not apply would be worse.
@@ -92,7 +95,7 @@ def restrict(read_only: Iterable[str | Path], read_write: Iterable[str | Path]) 
     fs = _fs_rights(abi)
     attr = _RulesetAttr(
         handled_access_fs=fs,
-        handled_access_net=3 if abi >= 4 else 0,  # bind and connect TCP: none allowed
+        handled_access_net=3 if abi >= 4 and not tcp else 0,  # bind and connect TCP: none
         scoped=3 if abi >= 6 else 0,  # abstract unix sockets and signals: own domain only
     )
     size = ctypes.sizeof(_RulesetAttr) if abi >= 6 else (16 if abi >= 4 else 8)

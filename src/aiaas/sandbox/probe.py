@@ -58,6 +58,15 @@ def main() -> int:
             child.answer({"ok": False, "errno": exc.errno})
         else:
             child.answer({"ok": True, "bytes": len(data)})
+    elif act == "connect":  # a TCP connection (to exfiltrate, or to reach a database)
+        import socket
+
+        try:
+            socket.create_connection((request["host"], int(request["port"])), timeout=5).close()
+        except OSError as exc:
+            child.answer({"ok": False, "errno": exc.errno})
+        else:
+            child.answer({"ok": True})
     elif act == "env":
         child.answer({"ok": True, "env": dict(os.environ), "path": sys.path})
     return 0

@@ -28,6 +28,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -37,6 +38,7 @@ from typing import Any
 PARENT_PID_ARG = "--parent-pid="
 STDERR_TAIL_BYTES = 8000
 _CHUNK = 1 << 16
+_CANCEL_POLL_S = 0.2  # how often a waiting parent looks at its cancel event
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class ChildPaths:
     read: tuple[Path, ...] = ()  # besides the Python installation and system libraries
     write: tuple[Path, ...] = ()
     landlock: bool = True  # an operator may switch it off (a kernel that refuses it)
+    tcp: bool = False  # TCP connections allowed (only a Ray driver needs them: its cluster)
 
 
 @dataclass
@@ -68,6 +71,7 @@ class ChildRun:
     returncode: int
     timed_out: bool = False
     overflow: bool = False  # it wrote more than ``max_output_bytes``: killed
+    cancelled: bool = False  # the caller's ``cancel`` event was set: killed
     output: bytes = b""
     stderr: str = ""
 
@@ -107,6 +111,7 @@ def _envelope(request: dict[str, Any], limits: ChildLimits, paths: ChildPaths) -
             "read": [str(p) for p in paths.read],
             "write": [str(p) for p in paths.write],
             "landlock": paths.landlock,
+            "tcp": paths.tcp,
         },
         "request": request,
     }
@@ -119,12 +124,14 @@ def run_child(
     paths: ChildPaths,
     *,
     on_output: Callable[[bytes], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> ChildRun:
     """Run ``module`` on ``request`` to its end and say how it ended (never raises for the
     child's behaviour: a hang, crash or flood is in the returned :class:`ChildRun`).
 
     With ``on_output``, stdout is handed over chunk by chunk as it arrives (still bounded by
     ``max_output_bytes``); an exception raised there kills the child and propagates.
+    Setting ``cancel`` kills the child (and its group) within ``_CANCEL_POLL_S``.
     """
     envelope = _envelope(request, limits, paths)
     proc = subprocess.Popen(
@@ -148,7 +155,11 @@ def run_child(
 
     try:
         deadline = time.monotonic() + limits.timeout_s
-        _pump(proc, json.dumps(envelope).encode(), sink, stderr, deadline, limits.max_output_bytes)
+        _pump(
+            proc,
+            json.dumps(envelope).encode(),
+            _Io(sink, stderr, deadline, limits.max_output_bytes, cancel),
+        )
         proc.wait(max(0.1, deadline - time.monotonic()))  # stdout closed: it is exiting
     except TimeoutError:
         run.timed_out = True
@@ -156,6 +167,8 @@ def run_child(
         run.timed_out = True
     except _Overflow:
         run.overflow = True
+    except _Cancelled:
+        run.cancelled = True
     finally:
         _kill_group(proc)
         proc.wait()
@@ -200,6 +213,21 @@ class _Overflow(Exception):
     pass
 
 
+class _Cancelled(Exception):
+    pass
+
+
+@dataclass
+class _Io:
+    """Where :func:`_pump` hands the child's output, and when it stops."""
+
+    sink: Callable[[bytes], None]
+    stderr: bytearray
+    deadline: float
+    max_output: int
+    cancel: threading.Event | None
+
+
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)  # the group outlives its leader's exit
@@ -207,15 +235,9 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         pass
 
 
-def _pump(
-    proc: subprocess.Popen[bytes],
-    request: bytes,
-    sink: Callable[[bytes], None],
-    stderr: bytearray,
-    deadline: float,
-    max_output: int,
-) -> None:
-    """Write the request, hand stdout to ``sink`` and keep a stderr tail, until both close."""
+def _pump(proc: subprocess.Popen[bytes], request: bytes, io: _Io) -> None:
+    """Write the request, hand stdout to ``io.sink`` and keep a stderr tail, until both
+    close (or the deadline passes, or ``io.cancel`` is set)."""
     assert proc.stdin is not None
     assert proc.stdout is not None
     assert proc.stderr is not None
@@ -227,10 +249,12 @@ def _pump(
         sel.register(proc.stdout, selectors.EVENT_READ)
         sel.register(proc.stderr, selectors.EVENT_READ)
         while sel.get_map():
-            remaining = deadline - time.monotonic()
+            remaining = io.deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError
-            for key, _ in sel.select(remaining):
+            if io.cancel is not None and io.cancel.is_set():
+                raise _Cancelled
+            for key, _ in sel.select(min(remaining, _CANCEL_POLL_S)):
                 pipe = key.fileobj
                 assert not isinstance(pipe, int)
                 if pipe is proc.stdin:
@@ -247,10 +271,10 @@ def _pump(
                     sel.unregister(pipe)
                 elif pipe is proc.stdout:
                     received += len(data)
-                    if received > max_output:
+                    if received > io.max_output:
                         raise _Overflow
-                    sink(data)
+                    io.sink(data)
                 else:
-                    stderr += data
-                    if len(stderr) > 2 * STDERR_TAIL_BYTES:
-                        del stderr[:-STDERR_TAIL_BYTES]
+                    io.stderr += data
+                    if len(io.stderr) > 2 * STDERR_TAIL_BYTES:
+                        del io.stderr[:-STDERR_TAIL_BYTES]
