@@ -20,7 +20,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -43,6 +43,9 @@ from aiaas.automl.search import (
     run_search,
 )
 from aiaas.automl.types import TASK_OPTIONS, Task, TaskOption
+
+if TYPE_CHECKING:
+    from aiaas.automl.executors import TrialExecutor
 
 __all__ = ["fit"]
 
@@ -140,6 +143,7 @@ def fit(
     sampler: str = "tpe",
     ensemble: bool = True,
     distill: bool = False,
+    executor: TrialExecutor | None = None,
 ) -> TrainedModel:
     """Search models for ``target`` within ``time_budget`` seconds and return the best.
 
@@ -163,6 +167,8 @@ def fit(
         distill: (binary and regression) when the result is an ensemble, train one LightGBM
             student on its out-of-fold predictions (soft labels) and return that instead, for
             fast serving; ``report()["distillation"]`` gives its fidelity to the ensemble.
+        executor: where the trials are evaluated (:mod:`aiaas.automl.executors`); default
+            one at a time in this process. The refit always runs here.
 
     Raises:
         InvalidData, InvalidTarget, InvalidConfig, SearchFailed (all ``AutoMLError``).
@@ -182,6 +188,7 @@ def fit(
             callbacks=callbacks,
             ensemble=ensemble,
             distill=distill,
+            executor=executor,
         )
     return _trained_model(problem, outcome, time_budget, t_start, wall_start, seed)
 
@@ -315,6 +322,7 @@ def _search_and_refit(
     callbacks: Sequence[Callable[[TrialResult], Any]],
     ensemble: bool,
     distill: bool,
+    executor: TrialExecutor | None = None,
 ) -> _Outcome:
     """Search, select the members, refit them on all rows, and distil them when asked."""
     t_search = time.monotonic()
@@ -333,6 +341,7 @@ def _search_and_refit(
         callbacks=callbacks,
         reserve_fn=_refit_reserve(p, budget, distill),
         score_scale=p.score_scale,
+        executor=executor,
     )
     search_s = time.monotonic() - t_search
     done = _complete(results)
@@ -563,7 +572,14 @@ def _build_report(
 
 
 # the report's trial counts, in this order
-_STATES: tuple[TrialState, ...] = ("complete", "pruned", "failed", "timeout", "skipped")
+_STATES: tuple[TrialState, ...] = (
+    "complete",
+    "pruned",
+    "failed",
+    "timeout",
+    "cancelled",
+    "skipped",
+)
 
 
 def _count(results: list[TrialResult], state: TrialState) -> int:
@@ -624,10 +640,11 @@ def _board_key(r: TrialResult) -> tuple[int, float, int]:
         "complete": 0,
         "pruned": 1,
         "timeout": 2,
-        "failed": 3,
-        "skipped": 4,
+        "cancelled": 3,
+        "failed": 4,
+        "skipped": 5,
     }
-    return (order.get(r.state, 5), _loss_key(r), r.number)
+    return (order.get(r.state, 6), _loss_key(r), r.number)
 
 
 def _infos(r: TrialResult) -> list[Any]:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -30,6 +30,9 @@ from aiaas.automl.errors import InvalidConfig
 from aiaas.automl.families import FAMILIES, Context, Family, FitInfo, Params, TrialTimeout
 from aiaas.automl.metrics import Metric, loss, score
 from aiaas.automl.types import Task
+
+if TYPE_CHECKING:  # executors.py imports this module; the loop imports it when it runs
+    from aiaas.automl.executors import TrialExecutor
 
 __all__ = [
     "Split",
@@ -72,8 +75,9 @@ _DEFAULT_ORDER = [
 Fold = tuple[NDArray[np.intp], NDArray[np.intp]]  # (train rows, validation rows)
 SplitKind = Literal["kfold", "holdout"]
 # how a trial ended: "skipped" was never run (it could not be afforded in the time left),
-# "timeout" was interrupted at the search deadline
-TrialState = Literal["complete", "pruned", "failed", "skipped", "timeout"]
+# "timeout" was interrupted at the search deadline, "cancelled" was still running when a
+# callback stopped the search (only with an executor that runs trials in parallel)
+TrialState = Literal["complete", "pruned", "failed", "skipped", "timeout", "cancelled"]
 
 
 @dataclass
@@ -100,7 +104,10 @@ class TrialResult:
     fit_time: float = 0.0
     fold_fit_time: float = 0.0
     rounds: list[int] = field(default_factory=list)
+    fold_scores: list[float] = field(default_factory=list)  # per validated fold, in order
     error: str | None = None
+    worker: str | None = None  # "host:pid" of the process that evaluated it; None: this one
+    started_at: float | None = None  # wall clock (time.time()) when its evaluation began
     oof: NDArray[np.float32] | None = field(default=None, repr=False)
 
     def row(self) -> dict[str, Any]:
@@ -228,9 +235,16 @@ def run_search(
     callbacks: Sequence[Callable[[TrialResult], Any]],
     reserve_fn: Callable[[list[TrialResult]], float],
     score_scale: float = 1.0,
+    executor: TrialExecutor | None = None,
 ) -> list[TrialResult]:
-    """Run trials until the budget (minus the refit reserve), ``max_trials`` or a callback."""
+    """Run trials until the budget (minus the refit reserve), ``max_trials`` or a callback.
+
+    ``executor`` evaluates the trials (default: :class:`~aiaas.automl.executors.LocalExecutor`,
+    one at a time in this process).
+    """
     import optuna
+
+    from aiaas.automl.executors import LocalExecutor
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     names = _family_names(families, ctx)
@@ -252,6 +266,7 @@ def run_search(
         callbacks=callbacks,
         reserve_fn=reserve_fn,
         score_scale=score_scale,
+        executor=executor or LocalExecutor(),
     )
     return loop.run()
 
@@ -311,7 +326,12 @@ def _build_study(starts: list[tuple[str, Params]], sampler: str, seed: int) -> A
 
 @dataclass
 class _TrialLoop:
-    """The ask → evaluate → tell loop: its stopping rules and its skip policy."""
+    """The ask → evaluate → tell loop: its stopping rules and its skip policy.
+
+    The executor evaluates; the loop keeps ``executor.slots`` trials in flight (one for the
+    local executor: ask, evaluate, tell, callbacks, as a plain sequential loop) and tells
+    Optuna and calls the callbacks here, in this process, as each trial finishes.
+    """
 
     study: Any
     names: list[str]
@@ -327,40 +347,77 @@ class _TrialLoop:
     callbacks: Sequence[Callable[[TrialResult], Any]]
     reserve_fn: Callable[[list[TrialResult]], float]
     score_scale: float
+    executor: TrialExecutor
     results: list[TrialResult] = field(default_factory=list)
     family_time: dict[str, list[float]] = field(default_factory=dict)
     skipped_in_row: int = 0
+    asked: dict[int, Any] = field(default_factory=dict)  # trials in flight, by number
 
     def run(self) -> list[TrialResult]:
-        while (window := self._window()) is not None:
-            now, search_end = window
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                trial = self.study.ask()
-                fam_name = trial.suggest_categorical("family", self.names)
-                fam = FAMILIES[fam_name]
-                params = fam.suggest(trial, self.ctx)
-            left = search_end - now
-            if self._unaffordable(fam_name, left):
-                self._skip(trial, fam_name, params)
-                if self.skipped_in_row >= 60 or self._cheapest() > left:
-                    break
-                continue
-            self.skipped_in_row = 0
-            res = self._run_trial(trial, fam, params, search_end)
-            if not self._callbacks_continue(res):
-                break
+        from aiaas.automl.executors import TrialWork
+
+        ex = self.executor
+        work = TrialWork(
+            self.X, self.y, self.ctx, self.metric, self.split, self.balanced, self.score_scale
+        )
+        ex.start(work)
+        try:
+            self._drive(ex)
+        finally:
+            ex.close()
         return self.results
+
+    def _drive(self, ex: TrialExecutor) -> None:
+        """Submit while a slot is free; record each finished trial; stop in-flight ones at
+        the deadline (``timeout``) or when a callback says stop (``cancelled``)."""
+        open_ = True
+        while True:
+            while open_ and len(self.asked) < ex.slots:
+                submitted = self._submit_next(ex)
+                open_ = submitted is not None
+            if not self.asked:
+                return
+            finished = ex.wait(self._stop_at() - time.monotonic())
+            if not finished:  # only at the stop time, with trials still in flight
+                self._report(ex.cancel("timeout", "stopped at the time budget"))
+                return
+            if not self._report(finished):
+                self._report(ex.cancel("cancelled", "the search was stopped"))
+                return
+
+    def _submit_next(self, ex: TrialExecutor) -> bool | None:
+        """Ask for a trial and submit it (``True``), or skip it when it cannot be afforded
+        (``False``); ``None`` when the search takes no more trials."""
+        from aiaas.automl.executors import TrialSpec
+
+        if (window := self._window()) is None:
+            return None
+        now, search_end = window
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trial = self.study.ask()
+            fam_name = trial.suggest_categorical("family", self.names)
+            fam = FAMILIES[fam_name]
+            params = fam.suggest(trial, self.ctx)
+        left = search_end - now
+        if self._unaffordable(fam_name, left):
+            self._skip(trial, fam_name, params)
+            return None if self.skipped_in_row >= 60 or self._cheapest() > left else False
+        self.skipped_in_row = 0
+        deadline = search_end if self.max_trials is None else math.inf
+        self.asked[trial.number] = trial
+        ex.submit(TrialSpec(trial, fam, params, deadline))
+        return True
 
     def _window(self) -> tuple[float, float] | None:
         """``(now, end of the search)``, or ``None`` when the search is over."""
-        results = self.results
+        results, running = self.results, len(self.asked)
         if (
             self.max_trials is not None
-            and len([r for r in results if r.state != "skipped"]) >= self.max_trials
+            and len([r for r in results if r.state != "skipped"]) + running >= self.max_trials
         ):
             return None
-        if self.grid_size is not None and len(results) >= self.grid_size:
+        if self.grid_size is not None and len(results) + running >= self.grid_size:
             return None
         search_end = self.deadline - self.reserve_fn(results)
         now = time.monotonic()
@@ -369,6 +426,16 @@ class _TrialLoop:
         if now >= self.deadline:
             return None
         return now, search_end
+
+    def _stop_at(self) -> float:
+        """When trials still in flight are stopped: the end of the search once a trial is
+        complete, else the end of the budget (as long as ``_window`` keeps the search open);
+        with ``max_trials`` never (a trial then runs to its end, in-process as well)."""
+        if self.max_trials is not None:
+            return math.inf
+        if any(r.state == "complete" for r in self.results):
+            return self.deadline - self.reserve_fn(self.results)
+        return self.deadline
 
     def _unaffordable(self, fam_name: str, left: float) -> bool:
         """Cost-aware: a configuration we cannot afford now (never the first trials)."""
@@ -401,24 +468,20 @@ class _TrialLoop:
         costs = (_expected_cost(n, self.family_time, self.split) for n in self.names)
         return min((c for c in costs if c is not None), default=0.0)
 
-    def _run_trial(self, trial: Any, fam: Family, params: Params, search_end: float) -> TrialResult:
+    def _report(self, finished: list[TrialResult]) -> bool:
+        """Record every finished trial and call the callbacks; ``False`` when one said stop."""
+        go_on = True
+        for res in finished:
+            self._record(res)
+            go_on = self._callbacks_continue(res) and go_on
+        return go_on
+
+    def _record(self, res: TrialResult) -> None:
+        """Tell Optuna how the trial ended and add it to the results (and the cost model)."""
         from optuna.trial import TrialState as OptunaState
 
-        ctx = self.ctx
-        ctx.deadline = search_end if self.max_trials is None else math.inf
-        res = _evaluate(
-            trial,
-            fam,
-            params,
-            ctx,
-            self.X,
-            self.y,
-            self.split,
-            self.metric,
-            self.balanced,
-            self.score_scale,
-        )
-        self.family_time.setdefault(fam.name, []).append(res.fit_time)
+        trial = self.asked.pop(res.number)
+        self.family_time.setdefault(res.family, []).append(res.fit_time)
         if res.state == "complete":
             self.study.tell(trial, res.loss)
         elif res.state == "pruned":
@@ -427,7 +490,6 @@ class _TrialLoop:
             self.study.tell(trial, state=OptunaState.FAIL)
         self.results.append(res)
         _trim_oof(self.results)
-        return res
 
     def _callbacks_continue(self, res: TrialResult) -> bool:
         """Call every callback with ``res``; ``False`` from any of them stops the search."""
@@ -503,6 +565,7 @@ def _evaluate(
     res.fit_time = time.monotonic() - t0
     # one fold's fit on one thread (folds ran ``width`` at a time)
     res.fold_fit_time = res.fit_time * width / max(1, len(folds.losses))
+    res.fold_scores = list(folds.scores)
     if folds.scores:
         res.score = float(np.mean(folds.scores))
         res.score_std = float(np.std(folds.scores))
