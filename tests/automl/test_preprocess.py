@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from aiaas.automl.errors import InvalidData
-from aiaas.automl.preprocess import TabularPreprocessor, detect_leakage, infer_task, prepare_target
+from aiaas.automl.preprocess import TabularPreprocessor, detect_leakage
+from aiaas.automl.target import infer_task, prepare_target
 
 
 @pytest.mark.parametrize(
@@ -19,13 +20,13 @@ from aiaas.automl.preprocess import TabularPreprocessor, detect_leakage, infer_t
     ],
 )
 def test_infer_task(values: list[object], task: str) -> None:
-    assert infer_task(pd.Series(values)) == task
+    assert infer_task(pd.Series(values)).task == task
 
 
 def test_prepare_target_drops_missing_and_encodes_sorted_classes() -> None:
     y = pd.Series(["b", None, "a", "b", np.nan, "c"])
-    task, enc, classes, keep = prepare_target(y, "auto")
-    assert task == "multiclass"
+    inference, enc, classes, keep = prepare_target(y, "auto")
+    assert inference.task == "multiclass"
     assert keep.tolist() == [True, False, True, True, False, True]
     assert classes is not None
     assert list(classes) == ["a", "b", "c"]

@@ -32,7 +32,7 @@ from aiaas.automl.errors import InvalidConfig, InvalidData, InvalidTarget, Searc
 from aiaas.automl.families import FAMILIES, Context
 from aiaas.automl.metrics import Metric, get_metric, loss
 from aiaas.automl.model import TrainedModel
-from aiaas.automl.preprocess import MIN_ROWS, TabularPreprocessor, detect_leakage, prepare_target
+from aiaas.automl.preprocess import MIN_ROWS, TabularPreprocessor, detect_leakage
 from aiaas.automl.search import (
     Split,
     TrialResult,
@@ -42,6 +42,7 @@ from aiaas.automl.search import (
     parallel_map,
     run_search,
 )
+from aiaas.automl.target import TaskInference, prepare_target
 from aiaas.automl.types import TASK_OPTIONS, Task, TaskOption
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ class _Problem:
     """The validated, preprocessed training problem that the search and the refit share."""
 
     task: Task
+    inference: TaskInference
     metric: Metric
     pre: TabularPreprocessor
     X: NDArray[np.float32]
@@ -226,11 +228,15 @@ def _prepare(
         raise InvalidTarget(f"target column {target!r} is not in the data")
     if frame.columns.duplicated().any():
         raise InvalidData("column names must be unique")
-    resolved, y, classes, keep = prepare_target(frame[target], task)
+    inference, y, classes, keep = prepare_target(frame[target], task)
+    resolved = inference.task
     n_dropped = int((~keep).sum())
     features = _features(frame, target, keep)
     metric_obj = get_metric(metric, resolved)
     notes = [f"dropped {n_dropped} row(s) with a missing target"] if n_dropped else []
+    if (close_call := inference.warning()) is not None:
+        notes.append(close_call)
+        log.warning(close_call)
     pre, X = _preprocess(features, y, resolved, notes)
     y_fit, y_mean, y_std = _standardise(y, resolved)
     ctx = Context(
@@ -246,6 +252,7 @@ def _prepare(
     )
     return _Problem(
         task=resolved,
+        inference=inference,
         metric=metric_obj,
         pre=pre,
         X=X,
@@ -523,6 +530,7 @@ def _build_report(
     best = o.done[0]
     return {
         "task": p.task,
+        "task_inference": p.inference.report(),
         "metric": p.metric.name,
         "greater_is_better": p.metric.greater_is_better,
         "data": _data_report(p),
@@ -542,7 +550,7 @@ def _build_report(
         },
         "cv_score": best.score,
         "cv_score_std": best.score_std,
-        "holdout_score": best.score if p.split.kind == "holdout" else None,
+        "holdout_score": _holdout_score(p, o),
         "ensemble": {
             "members": [
                 {"trial": r.number, "family": r.family, "weight": w}
@@ -596,6 +604,15 @@ def _data_report(p: _Problem) -> dict[str, Any]:
         "classes": p.class_labels(),
         "class_counts": None if p.classes is None else np.bincount(p.y).tolist(),
     }
+
+
+def _holdout_score(p: _Problem, o: _Outcome) -> float | None:
+    """The final members' score on the held-out rows (holdout validation only): the
+    ensemble's when it was kept, else the best trial's."""
+    if p.split.kind != "holdout":
+        return None
+    ens = _ensemble_score(p, o.ens_loss) if len(o.members) > 1 else None
+    return ens if ens is not None else o.done[0].score
 
 
 def _ensemble_score(p: _Problem, ens_loss: float | None) -> float | None:

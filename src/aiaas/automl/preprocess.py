@@ -1,4 +1,4 @@
-"""Task inference, target checks and the feature preprocessor.
+"""The feature preprocessor (the target and its task: :mod:`aiaas.automl.target`).
 
 ``TabularPreprocessor`` turns a raw table into one float32 matrix that every model family
 reads (and that the exported ONNX graphs take as input):
@@ -26,101 +26,17 @@ import pandas as pd
 from numpy.typing import NDArray
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from aiaas.automl.errors import InvalidData, InvalidTarget
-from aiaas.automl.types import Task, TaskOption
+from aiaas.automl.errors import InvalidData
+from aiaas.automl.target import plain_label
+from aiaas.automl.types import Task
 
-__all__ = ["MIN_ROWS", "TabularPreprocessor", "infer_task", "prepare_target"]
+__all__ = ["MIN_ROWS", "TabularPreprocessor", "detect_leakage"]
 
 log = logging.getLogger(__name__)
 
 MIN_ROWS = 20
 _DT_PARTS = ("year", "month", "day", "weekday", "dayofyear", "hour", "epoch_days")
 _DATE_LIKE = re.compile(r"^\s*\d{4}-\d{2}-\d{2}")
-
-
-def infer_task(y: pd.Series) -> Task:
-    """binary / multiclass / regression from the (non-missing) target values."""
-    values = y.dropna()
-    if (
-        pd.api.types.is_bool_dtype(values)
-        or not pd.api.types.is_numeric_dtype(values)
-        or isinstance(values.dtype, pd.CategoricalDtype)
-    ):
-        return "binary" if values.nunique() <= 2 else "multiclass"
-    arr = values.to_numpy(dtype=np.float64)
-    finite = arr[np.isfinite(arr)]
-    n_unique = np.unique(finite).size
-    if n_unique <= 2:
-        return "binary"
-    if np.all(finite == np.round(finite)) and n_unique <= 20:
-        return "multiclass"
-    return "regression"
-
-
-def prepare_target(
-    y: pd.Series, task: TaskOption
-) -> tuple[Task, NDArray[Any], NDArray[Any] | None, NDArray[np.bool_]]:
-    """Check the target and encode it.
-
-    Returns ``(task, y_encoded, classes, keep)`` where ``keep`` marks rows with a target
-    (rows with a missing target are dropped and reported by the caller). Classification targets
-    are encoded as ``0..k-1`` over the sorted ``classes``; regression targets as float64.
-    """
-    keep = np.array(y.notna().to_numpy(), dtype=np.bool_)
-    if pd.api.types.is_numeric_dtype(y) and not pd.api.types.is_bool_dtype(y):
-        with np.errstate(invalid="ignore"):
-            arr = y.to_numpy(dtype=np.float64, na_value=np.nan)
-        if np.isinf(arr).any():
-            raise InvalidTarget("the target contains infinite values; fix or drop those rows")
-        keep &= ~np.isnan(arr)
-    if not keep.any():
-        raise InvalidTarget("the target column has no values")
-    values = y[keep]
-    resolved = infer_task(values) if task == "auto" else task
-    if resolved == "regression":
-        if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
-            numeric = pd.to_numeric(values, errors="coerce")
-            bad = int(numeric.isna().sum())
-            if bad:
-                raise InvalidTarget(
-                    f"a regression target must be numeric; {bad} value(s) are not "
-                    f"(e.g. {str(values[numeric.isna()].iloc[0])[:40]!r})"
-                )
-            values = numeric
-        return resolved, values.to_numpy(dtype=np.float64), None, keep
-    labels = np.asarray([_label(v) for v in values.to_numpy()], dtype=object)
-    classes = _sorted_classes(labels)
-    if classes.size < 2:
-        raise InvalidTarget(
-            f"the target has a single class ({classes[0]!r}); classification needs at least two"
-        )
-    if resolved == "binary" and classes.size > 2:
-        raise InvalidTarget(f"task 'binary' but the target has {classes.size} classes")
-    if resolved == "multiclass" and classes.size > 1000:
-        raise InvalidTarget(f"the target has {classes.size} classes; at most 1000 are supported")
-    lookup = {c: i for i, c in enumerate(classes.tolist())}
-    encoded = np.fromiter((lookup[v] for v in labels), dtype=np.int64, count=labels.size)
-    return resolved, encoded, classes, keep
-
-
-def _label(v: Any) -> Any:
-    """Normalise a label: numpy scalars to Python, integral floats to int."""
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    return v
-
-
-def _sorted_classes(labels: NDArray[Any]) -> NDArray[Any]:
-    uniq = list(dict.fromkeys(labels.tolist()))
-    try:
-        uniq.sort()
-    except TypeError:
-        uniq.sort(key=str)
-    out = np.empty(len(uniq), dtype=object)
-    out[:] = uniq
-    return out
 
 
 def _dtype_name(s: pd.Series) -> str:
@@ -155,7 +71,7 @@ def _looks_like_datetime(s: pd.Series) -> bool:
 
 def _as_strings(s: pd.Series) -> pd.Series:
     """Categorical values as text (missing stays missing)."""
-    out = s.astype("object").map(lambda v: v if v is None else str(_label(v)))
+    out = s.astype("object").map(lambda v: v if v is None else str(plain_label(v)))
     return out.where(s.notna(), None)
 
 
