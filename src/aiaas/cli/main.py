@@ -113,6 +113,7 @@ def serve(
         store = get_store(settings.resolved_artifacts_url)
         sweep_scratch(settings, older_than_s=settings.data.orphan_min_age_s)
         sweep_orphans(session, store, older_than_s=settings.data.orphan_min_age_s)
+    _sweep_model_files(settings, store)
     base = f"http://{host}:{port}"
     if created is not None:
         typer.echo(_first_start_message(created, base))
@@ -144,6 +145,16 @@ def _first_start_message(created: Bootstrap, base: str) -> str:
         "Or create an API key:\n"
         f"  aiaas admin create-api-key --org {created.org_slug} --role admin --name cli\n"
     )
+
+
+def _sweep_model_files(settings: Any, store: Any) -> None:
+    """Stored model files without a version row (a crash between bytes and row, or after a
+    deleted version's commit), once untouched for ``orphan_min_age_s``."""
+    from aiaas.db import get_session_factory
+    from aiaas.registry.sweep import sweep_orphans
+
+    factory = get_session_factory(settings.resolved_database_url)
+    sweep_orphans(factory, store, older_than_s=settings.data.orphan_min_age_s)
 
 
 def _start_sweeper(settings: Any, store: Any) -> None:
