@@ -37,10 +37,19 @@ class Action(StrEnum):
     DATASET_DELETE = "dataset:delete"
     DATASET_IMPORT = "dataset:import"
     SQL_QUERY = "sql:query"
+    # registry
+    MODEL_READ = "model:read"
+    MODEL_WRITE = "model:write"
+    MODEL_DELETE = "model:delete"
 
 
-_VIEWER = frozenset({Action.ME_READ, Action.DATASET_READ, Action.SQL_QUERY})
-_DEVELOPER = _VIEWER | {Action.DATASET_WRITE, Action.DATASET_DELETE}
+_VIEWER = frozenset({Action.ME_READ, Action.DATASET_READ, Action.SQL_QUERY, Action.MODEL_READ})
+_DEVELOPER = _VIEWER | {
+    Action.DATASET_WRITE,
+    Action.DATASET_DELETE,
+    Action.MODEL_WRITE,
+    Action.MODEL_DELETE,
+}
 _ADMIN = _DEVELOPER | {
     Action.MEMBER_READ,
     Action.MEMBER_MANAGE,
