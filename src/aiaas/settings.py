@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -222,6 +222,82 @@ class DataSettings(BaseModel):
         return min(total, self.max_concurrent_ingests_per_org or max(1, total - 1))
 
 
+class JobsSettings(BaseModel):
+    """The job queue, its workers, and the training jobs they run (``AIAAS_JOBS__*``)."""
+
+    workers: int = Field(
+        1, ge=0, le=64, description="Job workers `aiaas serve` runs in its own process (0: none)."
+    )
+    lease_s: float = Field(
+        15.0,
+        gt=1,
+        le=3600,
+        description="How long a claim lasts without a heartbeat; a job whose lease expired "
+        "is retried (its worker is taken for lost).",
+    )
+    heartbeat_s: float = Field(
+        2.0, gt=0, le=600, description="How often a worker renews the lease of its job."
+    )
+    poll_s: float = Field(
+        0.5, gt=0, le=60, description="How often an idle worker looks for queued jobs."
+    )
+    max_attempts: int = Field(
+        3, ge=1, le=20, description="Runs of a job whose worker was lost, before it fails."
+    )
+    retry_backoff_s: float = Field(
+        2.0,
+        ge=0,
+        le=3600,
+        description="Wait before a lost job runs again: this, doubled on every attempt.",
+    )
+    max_concurrent_per_org: int = Field(
+        2, ge=1, description="Jobs of one organization that run at the same time (others wait)."
+    )
+    max_queued_per_org: int = Field(
+        20, ge=1, description="Jobs one organization may have waiting (429 above)."
+    )
+    max_time_budget_s: float = Field(
+        3600.0, ge=5, description="Largest time_budget_s one training job may ask for (403 above)."
+    )
+    min_time_budget_s: float = Field(
+        10.0,
+        ge=1,
+        description="Smallest time_budget_s a training job may ask for (422 below): the "
+        "training process needs 1-3 s to start and read its data, within the budget.",
+    )
+    registration_reserve_s: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="Part of a job's time budget kept for storing and registering the model.",
+    )
+    training_address_space_bytes: int = Field(
+        16 * 1024 * MiB,
+        ge=0,
+        description="Address-space limit (RLIMIT_AS) of a training process; 0 = unlimited.",
+    )
+    training_max_file_bytes: int = Field(
+        2 * 1024 * MiB, ge=1, description="Largest file a training process may write."
+    )
+    training_threads: int | None = Field(
+        None,
+        ge=1,
+        description="Threads of one training process. Unset: the machine's cores divided "
+        "by the embedded workers.",
+    )
+    training_grace_s: float = Field(
+        60.0,
+        ge=1,
+        description="Beyond its time budget, how long a training process may run before it "
+        "is killed (the budget itself is kept by the engine).",
+    )
+    training_sandbox: bool = Field(
+        True,
+        description="Landlock for training processes (read only the dataset version, write "
+        "only the output directory, no TCP). Switch off only on a kernel that refuses it.",
+    )
+
+
 class Settings(BaseSettings):
     """All aiaas settings. Every field can be set as ``AIAAS_<NAME>``."""
 
@@ -259,6 +335,18 @@ class Settings(BaseSettings):
     limits: Limits = Field(default_factory=Limits, description="Request limits.")
     auth: AuthSettings = Field(default_factory=AuthSettings, description="Credentials.")
     data: DataSettings = Field(default_factory=DataSettings, description="Data limits.")
+    jobs: JobsSettings = Field(default_factory=JobsSettings, description="Jobs and training.")
+    executor: Literal["local", "ray"] = Field(
+        "local",
+        description="Where a training job's trials run: in its sandboxed training process "
+        "(local) or as Ray tasks on a Ray cluster (ray).",
+    )
+    ray_address: str | None = Field(
+        None,
+        validation_alias=AliasChoices("AIAAS_RAY_ADDRESS", "RAY_ADDRESS", "ray_address"),
+        description="Ray cluster address (`RAY_ADDRESS` is read too). Unset with "
+        "executor=ray: the worker starts a local Ray.",
+    )
 
     @field_validator("data_dir")
     @classmethod

@@ -39,6 +39,8 @@ EXPECTED = {
     Action.DATASET_DELETE: {"owner", "admin", "developer"},
     Action.DATASET_IMPORT: {"owner", "admin"},
     Action.SQL_QUERY: {"owner", "admin", "developer", "viewer"},
+    Action.TRAINING_READ: {"owner", "admin", "developer", "viewer"},
+    Action.TRAINING_WRITE: {"owner", "admin", "developer"},
     Action.MODEL_READ: {"owner", "admin", "developer", "viewer"},
     Action.MODEL_WRITE: {"owner", "admin", "developer"},
     Action.MODEL_DELETE: {"owner", "admin", "developer"},

@@ -18,6 +18,7 @@ from aiaas.auth.cache import ApiKeyCache, LoginThrottle
 from aiaas.auth.passwords import Passwords
 from aiaas.data.context import DataContext
 from aiaas.db import get_session_factory
+from aiaas.jobs.context import JobsContext
 from aiaas.logging import configure_logging
 from aiaas.monitoring.metrics import HttpMetrics
 from aiaas.settings import Settings, get_settings
@@ -65,6 +66,7 @@ def build_state(settings: Settings) -> AppState:
         login_throttle=LoginThrottle(auth.login_max_failures, auth.login_window_s),
         metrics=HttpMetrics(),
         data=DataContext.build(settings, store, secret_key),
+        jobs=JobsContext.build(settings, store),
     )
 
 

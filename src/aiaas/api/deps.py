@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import Depends, Query, Request
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from aiaas.api.state import AppState, app_state
 from aiaas.auth import audit
@@ -25,6 +25,7 @@ from aiaas.auth.principal import Principal
 from aiaas.data.context import DataContext
 from aiaas.db.pagination import PageParams
 from aiaas.errors import Forbidden, Unauthorized
+from aiaas.jobs.context import JobsContext
 from aiaas.settings import Settings
 from aiaas.storage import ArtifactStore
 
@@ -85,6 +86,15 @@ def get_data(state: StateDep) -> DataContext:
     return state.data
 
 
+def get_jobs(state: StateDep) -> JobsContext:
+    return state.jobs
+
+
+def get_session_factory(state: StateDep) -> sessionmaker[Session]:
+    """For a route that outlives its dependencies (a stream): it opens short sessions."""
+    return state.session_factory
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
@@ -92,6 +102,8 @@ PasswordsDep = Annotated[Passwords, Depends(get_passwords)]
 ApiKeyCacheDep = Annotated[ApiKeyCache, Depends(get_api_key_cache)]
 LoginThrottleDep = Annotated[LoginThrottle, Depends(get_login_throttle)]
 DataDep = Annotated[DataContext, Depends(get_data)]
+JobsDep = Annotated[JobsContext, Depends(get_jobs)]
+SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
 
 
 def _bearer(request: Request) -> str:

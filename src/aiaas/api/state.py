@@ -14,6 +14,7 @@ from starlette.types import ASGIApp
 from aiaas.auth.cache import ApiKeyCache, LoginThrottle
 from aiaas.auth.passwords import Passwords
 from aiaas.data.context import DataContext
+from aiaas.jobs.context import JobsContext
 from aiaas.monitoring.metrics import HttpMetrics
 from aiaas.settings import Settings
 from aiaas.storage import ArtifactStore
@@ -30,6 +31,7 @@ class AppState:
     login_throttle: LoginThrottle
     metrics: HttpMetrics
     data: DataContext
+    jobs: JobsContext
 
 
 def app_state(app: ASGIApp) -> AppState:

@@ -37,16 +37,28 @@ class Action(StrEnum):
     DATASET_DELETE = "dataset:delete"
     DATASET_IMPORT = "dataset:import"
     SQL_QUERY = "sql:query"
+    # training
+    TRAINING_READ = "training:read"
+    TRAINING_WRITE = "training:write"
     # registry
     MODEL_READ = "model:read"
     MODEL_WRITE = "model:write"
     MODEL_DELETE = "model:delete"
 
 
-_VIEWER = frozenset({Action.ME_READ, Action.DATASET_READ, Action.SQL_QUERY, Action.MODEL_READ})
+_VIEWER = frozenset(
+    {
+        Action.ME_READ,
+        Action.DATASET_READ,
+        Action.SQL_QUERY,
+        Action.TRAINING_READ,
+        Action.MODEL_READ,
+    }
+)
 _DEVELOPER = _VIEWER | {
     Action.DATASET_WRITE,
     Action.DATASET_DELETE,
+    Action.TRAINING_WRITE,
     Action.MODEL_WRITE,
     Action.MODEL_DELETE,
 }

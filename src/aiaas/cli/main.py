@@ -80,8 +80,18 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port.", envvar="AIAAS_PORT")] = None,
     data_dir: DataDir = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    job_workers: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=64,
+            help="Job workers in this process (default: AIAAS_JOBS__WORKERS, 1; 0: none).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Migrate the database and serve the platform (API, docs, metrics)."""
+    """Migrate the database and serve the platform (API, docs, metrics) with embedded job
+    workers."""
     import os
 
     import uvicorn
@@ -119,6 +129,13 @@ def serve(
         typer.echo(_first_start_message(created, base))
     typer.echo(f"aiaas serving on {base}  (docs: {base}/docs, metrics: {base}/metrics)")
     _start_sweeper(settings, store)
+    import threading
+
+    from aiaas.jobs import runtime
+
+    stop_jobs = threading.Event()
+    count = settings.jobs.workers if job_workers is None else job_workers
+    runtime.start(settings, count, stop_jobs)
     uvicorn.run(
         "aiaas.api.asgi:app",
         host=host,
@@ -129,6 +146,35 @@ def serve(
         proxy_headers=False,
         http="aiaas.api.server:GuardedHttpToolsProtocol",  # header size and time limits
     )
+
+
+@app.command()
+def worker(
+    count: Annotated[int, typer.Option(min=1, max=64, help="Worker threads.")] = 1,
+    data_dir: DataDir = None,
+) -> None:
+    """Run job workers alone (no API), e.g. on another machine that reaches the database
+    and the artifact store; stops on SIGTERM or Ctrl-C."""
+    import os
+    import signal
+    import threading
+
+    from aiaas.db.migrate import upgrade
+    from aiaas.jobs import runtime
+    from aiaas.logging import configure_logging
+
+    os.umask(0o077)
+    settings = _settings(data_dir)
+    configure_logging(fmt=settings.log_format, level=settings.log_level)
+    upgrade(settings.resolved_database_url)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    runtime.start(settings, count, stop)
+    typer.echo(f"aiaas worker: {count} job worker(s) running; Ctrl-C to stop")
+    while not stop.wait(1.0):
+        pass
+    typer.echo("aiaas worker: stopping (running jobs are taken up again by other workers)")
 
 
 def _first_start_message(created: Bootstrap, base: str) -> str:
@@ -165,8 +211,12 @@ def _start_sweeper(settings: Any, store: Any) -> None:
 
     if settings.data.sweep_interval_s > 0:
         stop = threading.Event()  # never set: the daemon thread ends with the process
+        models = (lambda: _sweep_model_files(settings, store),)  # the registry's leftovers
         threading.Thread(
-            target=sweep_periodically, args=(settings, store, stop), name="sweeper", daemon=True
+            target=sweep_periodically,
+            args=(settings, store, stop, models),
+            name="sweeper",
+            daemon=True,
         ).start()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Callable, Sequence
 
 import structlog
 from sqlalchemy import select
@@ -98,11 +99,18 @@ def sweep_once(settings: Settings, store: ArtifactStore) -> dict[str, int]:
     return {"scratch": scratch, "orphans": orphans}
 
 
-def sweep_periodically(settings: Settings, store: ArtifactStore, stop: threading.Event) -> None:
-    """Run :func:`sweep_once` every ``sweep_interval_s`` until ``stop`` is set (a thread)."""
+def sweep_periodically(
+    settings: Settings,
+    store: ArtifactStore,
+    stop: threading.Event,
+    also: Sequence[Callable[[], object]] = (),
+) -> None:
+    """Run :func:`sweep_once` (and the other domains' sweeps, ``also``) every
+    ``sweep_interval_s`` until ``stop`` is set (a thread)."""
     interval = settings.data.sweep_interval_s
     while interval > 0 and not stop.wait(interval):
-        try:
-            sweep_once(settings, store)
-        except Exception as exc:  # a failing pass (database away) must not end the loop
-            log.warning("sweep_failed", error=f"{type(exc).__name__}: {exc}")
+        for sweep in (lambda: sweep_once(settings, store), *also):
+            try:
+                sweep()
+            except Exception as exc:  # a failing pass (database away) must not end the loop
+                log.warning("sweep_failed", error=f"{type(exc).__name__}: {exc}")

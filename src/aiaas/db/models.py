@@ -2,4 +2,5 @@
 
 import aiaas.auth.models
 import aiaas.data.models
+import aiaas.jobs.models
 import aiaas.registry.models  # noqa: F401
