@@ -27,6 +27,7 @@ from sqlalchemy import (
     Integer,
     String,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -47,6 +48,15 @@ class Job(Base):
     __table_args__ = (
         UniqueConstraint("org_id", "idempotency_key", name="uq_jobs_org_idempotency_key"),
         Index("ix_jobs_status_run_after", "status", "run_after"),
+        # the claim's scan: only waiting jobs, in claim order (a queue of finished jobs
+        # grows forever; the claim must not read it)
+        Index(
+            "ix_jobs_queued",
+            "created_at",
+            "id",
+            sqlite_where=text("status = 'queued'"),
+            postgresql_where=text("status = 'queued'"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("job"))

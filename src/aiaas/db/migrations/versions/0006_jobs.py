@@ -69,6 +69,14 @@ def _create_jobs() -> None:
     )
     op.create_index(op.f("ix_jobs_org_id"), "jobs", ["org_id"], unique=False)
     op.create_index("ix_jobs_status_run_after", "jobs", ["status", "run_after"], unique=False)
+    queued = sa.text("status = 'queued'")
+    op.create_index(
+        "ix_jobs_queued",
+        "jobs",
+        ["created_at", "id"],
+        sqlite_where=queued,
+        postgresql_where=queued,
+    )
 
 
 def _create_job_events() -> None:
@@ -120,6 +128,7 @@ def downgrade() -> None:
         op.drop_index(op.f(f"ix_{table}_org_id"), table_name=table)
         op.drop_index(op.f(f"ix_{table}_job_id"), table_name=table)
         op.drop_table(table)
+    op.drop_index("ix_jobs_queued", table_name="jobs")
     op.drop_index("ix_jobs_status_run_after", table_name="jobs")
     op.drop_index(op.f("ix_jobs_org_id"), table_name="jobs")
     op.drop_table("jobs")
