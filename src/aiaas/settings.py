@@ -291,6 +291,11 @@ class JobsSettings(BaseModel):
         description="Beyond its time budget, how long a training process may run before it "
         "is killed (the budget itself is kept by the engine).",
     )
+    warm_training_process: bool = Field(
+        True,
+        description="Each worker keeps one training process started ahead of its next job "
+        "(its imports done, about 200 MB idle), so a job starts training about 1.5 s sooner.",
+    )
     training_sandbox: bool = Field(
         True,
         description="Landlock for training processes (read only the dataset version, write "

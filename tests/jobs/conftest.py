@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from aiaas.db import get_session_factory
 from aiaas.jobs.context import JobsContext
 from aiaas.jobs.models import TERMINAL, Job
-from aiaas.jobs.training import handlers
+from aiaas.jobs.training import handlers, worker_setup
 from aiaas.jobs.worker import WorkerTiming, start_workers
 from aiaas.settings import Settings
 from aiaas.storage import get_store
@@ -51,8 +51,9 @@ class Workers:
 
     def start(self, count: int = 1) -> None:
         timing = WorkerTiming(self.settings.jobs.heartbeat_s, self.settings.jobs.poll_s)
+        setup = worker_setup(self.ctx)  # a warm training process, as `aiaas serve` has
         self.threads += start_workers(
-            count, self.factory, handlers(self.ctx), self.ctx.policy, timing, self.stop
+            count, self.factory, handlers(self.ctx), self.ctx.policy, timing, self.stop, setup
         )
 
     def job(self, job_id: str) -> Job:

@@ -208,3 +208,31 @@ def test_landlock_refuses_tcp_connections(tmp_path):
         assert last_json_line(run.output) == {"ok": False, "errno": 13}
     finally:
         server.close()
+
+
+def test_a_warm_child_is_used_moves_to_its_cwd_and_is_confined(tmp_path):
+    from aiaas.sandbox.runner import spawn
+
+    warm = spawn(PROBE, tmp_path)  # spawned elsewhere, ahead of its request
+    work = tmp_path / "work"
+    work.mkdir()
+    paths = ChildPaths(cwd=work, write=(work,))
+    run = run_child(PROBE, {"act": "write", "path": "here.txt"}, _limits(), paths, warm=warm)
+    assert last_json_line(run.output) == {"ok": True}
+    assert warm.poll() is not None  # it was this process that ran, and it is done
+    assert (work / "here.txt").exists()  # relative to the cwd of its envelope
+    assert not (tmp_path / "here.txt").exists()
+    if landlock.abi_version():
+        outside = {"act": "write", "path": str(tmp_path / "x")}
+        again = run_child(PROBE, outside, _limits(), paths, warm=spawn(PROBE, tmp_path))
+        assert last_json_line(again.output) == {"ok": False, "errno": 13}
+
+
+def test_a_dead_warm_child_is_replaced_by_a_fresh_one(tmp_path):
+    from aiaas.sandbox.runner import spawn
+
+    warm = spawn(PROBE, tmp_path)
+    warm.kill()
+    warm.wait()
+    run = _probe(tmp_path, {"act": "echo", "value": 7}, warm=warm)
+    assert last_json_line(run.output)["echo"] == 7  # type: ignore[index]

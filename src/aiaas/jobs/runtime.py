@@ -15,7 +15,7 @@ import structlog
 
 from aiaas.jobs.context import JobsContext
 from aiaas.jobs.limits import worker_timing
-from aiaas.jobs.training import handlers
+from aiaas.jobs.training import handlers, worker_setup
 from aiaas.jobs.worker import start_workers
 from aiaas.settings import Settings
 
@@ -31,8 +31,9 @@ def start(settings: Settings, count: int, stop: threading.Event) -> list[threadi
 
     factory = get_session_factory(settings.resolved_database_url)
     ctx = JobsContext.build(settings, get_store(settings.resolved_artifacts_url))
+    timing = worker_timing(settings)
     threads = start_workers(
-        count, factory, handlers(ctx), ctx.policy, worker_timing(settings), stop
+        count, factory, handlers(ctx), ctx.policy, timing, stop, worker_setup(ctx)
     )
     log.info("job_workers_started", count=count, executor=settings.executor)
     return threads

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,14 +34,22 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from aiaas.data.models import DatasetVersion
-from aiaas.data.scratch import work_dir
+from aiaas.data.scratch import scratch_root, work_dir
 from aiaas.data.versions import local_parquet
 from aiaas.errors import AiaasError
 from aiaas.jobs.context import JobsContext
 from aiaas.jobs.limits import training_limits, training_threads
 from aiaas.jobs.models import Job, JobTrial
-from aiaas.jobs.worker import Handler, JobCancelled, JobFailed, JobRun, LeaseLost
+from aiaas.jobs.worker import (
+    THREAD_EXIT_HOOKS,
+    Handler,
+    JobCancelled,
+    JobFailed,
+    JobRun,
+    LeaseLost,
+)
 from aiaas.sandbox import ChildPaths, ChildRun, run_child
+from aiaas.sandbox.runner import spawn
 from aiaas.settings import Settings
 
 log = structlog.get_logger()
@@ -52,6 +62,13 @@ MAX_LINE_BYTES = 1 << 20
 def handlers(ctx: JobsContext) -> dict[str, Handler]:
     """The handlers a worker of this app runs, by job kind."""
     return {KIND: lambda run: run_training(ctx, run)}
+
+
+def worker_setup(ctx: JobsContext) -> Callable[[], None] | None:
+    """What a worker thread does first: start its warm training process (if configured)."""
+    if not ctx.settings.jobs.warm_training_process:
+        return None
+    return lambda: _prespawn(ctx.settings)
 
 
 @dataclass
@@ -215,18 +232,25 @@ def _run_child(
         "ray_address": ray_cluster(settings) if settings.executor == "ray" else None,
         "ray_env": ray_auth_env() if settings.executor == "ray" else {},
     }
-    return run_child(
-        CHILD,
-        request,
-        training_limits(settings, max(left, 1.0)),
-        child_paths(settings, parquet, wd),
-        on_output=stream.feed,
-        cancel=run.stop,
-    )
+    try:
+        return run_child(
+            CHILD,
+            request,
+            training_limits(settings, max(left, 1.0)),
+            child_paths(settings, parquet, wd),
+            on_output=stream.feed,
+            cancel=run.stop,
+            warm=_take_warm(),
+        )
+    finally:
+        if settings.jobs.warm_training_process:
+            _prespawn(settings)
 
 
 _RAY_WRITES = (Path(tempfile.gettempdir()) / "ray", Path("/dev/shm"))
 _ray_lock = threading.Lock()
+#: per worker thread: a training process spawned ahead of its next job (imports done)
+_warm = threading.local()
 
 
 def ray_cluster(settings: Settings) -> str:
@@ -280,6 +304,37 @@ def child_paths(settings: Settings, parquet: Path, wd: Path) -> ChildPaths:
             tcp=True,
         )
     return ChildPaths(cwd=wd, read=(parquet,), write=(wd,), landlock=settings.jobs.training_sandbox)
+
+
+def _prespawn(settings: Settings) -> None:
+    """Start this worker thread's next training process now (it imports while idle)."""
+    try:
+        root = scratch_root(settings)
+        root.mkdir(parents=True, exist_ok=True)
+        _warm.proc = spawn(CHILD, root)
+    except OSError as exc:  # no process to spare now: the next job starts one itself
+        log.warning("warm_training_process_failed", error=str(exc))
+
+
+def _take_warm() -> subprocess.Popen[bytes] | None:
+    """This worker thread's warm training process, if it has one (it is used once)."""
+    proc: subprocess.Popen[bytes] | None = getattr(_warm, "proc", None)
+    _warm.proc = None
+    return proc
+
+
+def _drop_warm() -> None:
+    """The worker thread stops: its warm training process goes with it."""
+    proc = _take_warm()
+    if proc is not None:
+        proc.kill()
+        proc.wait()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+THREAD_EXIT_HOOKS.append(_drop_warm)
 
 
 def _check_child(run: JobRun, child: ChildRun, stream: _Stream) -> dict[str, Any]:

@@ -114,7 +114,24 @@ def _error(code: str, message: str) -> dict[str, Any]:
     return {"type": "result", "ok": False, "code": code, "message": message[:2000]}
 
 
+def _preload() -> None:
+    """Import the training stack before the request arrives: a warm child (spawned ahead of
+    its job by the worker) then starts training at once. Only our own code runs here; the
+    sandbox applies in :func:`child.start`, before any of the job's data is read."""
+    import pandas  # noqa: F401
+
+    from aiaas import automl  # noqa: F401
+    from aiaas.automl.families import FAMILIES
+    from aiaas.automl.onnx_export import preload_export
+
+    for family in FAMILIES.values():
+        family.preload()
+    preload_export()
+
+
 def main() -> int:
+    child.die_with_parent()
+    _preload()
     try:
         started = child.start()
     except OSError as exc:

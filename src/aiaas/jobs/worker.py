@@ -85,6 +85,8 @@ class JobRun:
 
 
 Handler = Callable[[JobRun], None]
+#: called in a worker thread when its loop ends (a handler's per-thread resources)
+THREAD_EXIT_HOOKS: list[Callable[[], None]] = []
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,9 @@ class Worker:
         handlers: dict[str, Handler],
         policy: QueuePolicy,
         timing: WorkerTiming,
+        setup: Callable[[], None] | None = None,
     ):
+        self.setup = setup  # run first in the worker's thread (e.g. start a warm process)
         self.factory = factory
         self.handlers = handlers
         self.policy = policy
@@ -114,13 +118,19 @@ class Worker:
     def run(self, stop: threading.Event) -> None:
         """Claim and run jobs until ``stop`` is set (a running job is finished first)."""
         log.info("job_worker_started", worker=self.worker_id, kinds=sorted(self.handlers))
-        while not stop.is_set():
-            try:
-                if not self.run_once():
-                    stop.wait(self.timing.poll_s)
-            except Exception:  # the database went away: keep the worker, try again
-                log.exception("job_worker_error", worker=self.worker_id)
-                stop.wait(max(1.0, self.timing.poll_s))
+        try:
+            if self.setup is not None:
+                self.setup()
+            while not stop.is_set():
+                try:
+                    if not self.run_once():
+                        stop.wait(self.timing.poll_s)
+                except Exception:  # the database went away: keep the worker, try again
+                    log.exception("job_worker_error", worker=self.worker_id)
+                    stop.wait(max(1.0, self.timing.poll_s))
+        finally:
+            for hook in THREAD_EXIT_HOOKS:  # what handlers keep per worker thread
+                hook()
 
     def run_once(self) -> bool:
         """Recover lost jobs (now and then), claim one and run it; False when idle."""
@@ -199,11 +209,12 @@ def start_workers(
     policy: QueuePolicy,
     timing: WorkerTiming,
     stop: threading.Event,
+    setup: Callable[[], None] | None = None,
 ) -> list[threading.Thread]:
     """``count`` daemon threads, each a :class:`Worker` loop until ``stop`` is set."""
     threads = []
     for i in range(count):
-        worker = Worker(factory, handlers, policy, timing)
+        worker = Worker(factory, handlers, policy, timing, setup)
         thread = threading.Thread(
             target=worker.run, args=(stop,), name=f"job-worker-{i}", daemon=True
         )

@@ -44,6 +44,8 @@ def start() -> Started:
     die_with_parent()
     envelope: dict[str, Any] = json.loads(sys.stdin.buffer.read())
     sandbox = envelope["sandbox"]
+    if sandbox.get("cwd"):  # a warm child was started elsewhere (runner.spawn)
+        os.chdir(sandbox["cwd"])
     limit(sandbox["limits"])
     abi = 0
     if sandbox.get("landlock", True):

@@ -103,6 +103,22 @@ def child_env() -> dict[str, str]:
     }
 
 
+def spawn(module: str, cwd: Path) -> subprocess.Popen[bytes]:
+    """Start a child of ``module`` that waits for its envelope on stdin (:func:`run_child`
+    sends it). A module may import what it needs before :func:`aiaas.sandbox.child.start`
+    reads the envelope, so a child spawned ahead of time (``warm``) starts at once; it is
+    confined only once it reads its request. It dies with the thread that spawned it."""
+    return subprocess.Popen(
+        child_command(module),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=child_env(),
+        cwd=cwd,
+        start_new_session=True,  # a kill takes the whole group
+    )
+
+
 def _envelope(request: dict[str, Any], limits: ChildLimits, paths: ChildPaths) -> dict[str, Any]:
     """What the child reads on stdin: its sandbox (applied by ``child.start``) and request."""
     return {
@@ -112,6 +128,7 @@ def _envelope(request: dict[str, Any], limits: ChildLimits, paths: ChildPaths) -
             "write": [str(p) for p in paths.write],
             "landlock": paths.landlock,
             "tcp": paths.tcp,
+            "cwd": str(paths.cwd),
         },
         "request": request,
     }
@@ -125,6 +142,7 @@ def run_child(
     *,
     on_output: Callable[[bytes], None] | None = None,
     cancel: threading.Event | None = None,
+    warm: subprocess.Popen[bytes] | None = None,
 ) -> ChildRun:
     """Run ``module`` on ``request`` to its end and say how it ended (never raises for the
     child's behaviour: a hang, crash or flood is in the returned :class:`ChildRun`).
@@ -132,17 +150,14 @@ def run_child(
     With ``on_output``, stdout is handed over chunk by chunk as it arrives (still bounded by
     ``max_output_bytes``); an exception raised there kills the child and propagates.
     Setting ``cancel`` kills the child (and its group) within ``_CANCEL_POLL_S``.
+    ``warm``: a child of ``module`` already started by :func:`spawn` (it has done its
+    imports and waits for its envelope; it moves to ``paths.cwd`` itself); used when alive.
     """
     envelope = _envelope(request, limits, paths)
-    proc = subprocess.Popen(
-        child_command(module),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=child_env(),
-        cwd=paths.cwd,
-        start_new_session=True,  # a kill takes the whole group
-    )
+    if warm is not None and warm.poll() is not None:  # it died waiting: start afresh
+        _close_pipes(warm)
+        warm = None
+    proc = warm if warm is not None else spawn(module, paths.cwd)
     output = bytearray()
     stderr = bytearray()
     run = ChildRun(returncode=0)
@@ -172,9 +187,7 @@ def run_child(
     finally:
         _kill_group(proc)
         proc.wait()
-        for pipe in (proc.stdin, proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
+        _close_pipes(proc)
     run.returncode = proc.returncode
     run.output = bytes(output)
     run.stderr = bytes(stderr[-STDERR_TAIL_BYTES:]).decode("utf-8", "replace")
@@ -226,6 +239,12 @@ class _Io:
     deadline: float
     max_output: int
     cancel: threading.Event | None
+
+
+def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
