@@ -73,7 +73,8 @@ class Sleepy(_Misbehaving):
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # "local": a new instance, not the machine's latest cluster (another test run's)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     # the test families travel by value: a worker need not import this test module
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     yield
@@ -308,7 +309,7 @@ def test_no_address_starts_a_local_ray_without_dashboard(monkeypatch):
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     executors._connect(FakeRay(), None)
-    assert calls[-1]["address"] is None
+    assert calls[-1]["address"] == "local"
     assert calls[-1]["include_dashboard"] is False
     assert calls[-1]["num_cpus"] == automl.default_n_jobs()
     executors._connect(FakeRay(), "ray://head:10001")

@@ -66,6 +66,7 @@ class TrialSpec:
     family: Family
     params: Params
     deadline: float
+    keep_partial: bool = False  # at the deadline, keep what was fit (``Context.keep_partial``)
 
     @property
     def number(self) -> int:
@@ -138,7 +139,8 @@ class LocalExecutor(TrialExecutor):
         if spec is None or work is None:
             return []
         self._pending = None
-        work.ctx.deadline = spec.deadline  # the boosting families stop at it
+        work.ctx.deadline = spec.deadline  # the interruptible families stop at it
+        work.ctx.keep_partial = spec.keep_partial
         started = time.time()
         res = _evaluate(
             spec.trial,
@@ -174,10 +176,12 @@ class RayExecutor(TrialExecutor):
     """Trials as Ray tasks (one CPU each), ``parallelism`` in flight at a time.
 
     Args:
-        address: the Ray cluster to connect to (``ray.init(address=...)``); ``None``:
-            ``RAY_ADDRESS`` when set, else a local Ray is started on this machine's cores
-            (no dashboard, no usage stats, its files under a fresh temporary directory).
-            A Ray this process is already connected to is used as it is.
+        address: the Ray cluster to connect to (``ray.init(address=...)``: ``host:port``,
+            ``ray://host:port``, or ``auto`` for the cluster ``ray start`` last started on
+            this machine); ``None``: ``RAY_ADDRESS`` when set, else a new local Ray on this
+            process's cores (no dashboard, no usage stats, its files under a fresh temporary
+            directory; never a stale cluster of the machine). A Ray this process is already
+            connected to is used as it is.
         parallelism: trials in flight at once; default the cluster's CPU count.
 
     The training arrays go to the object store once per search (``ray.put``); each task
@@ -215,7 +219,9 @@ class RayExecutor(TrialExecutor):
 
     def submit(self, spec: TrialSpec) -> None:
         left = spec.deadline - time.monotonic()
-        ref = self._task.remote(self._work_ref, spec.number, spec.family, spec.params, left)
+        ref = self._task.remote(
+            self._work_ref, spec.number, spec.family, spec.params, left, spec.keep_partial
+        )
         self._flights[ref] = _Flight(spec, time.monotonic())
 
     def wait(self, timeout: float) -> list[TrialResult]:
@@ -307,6 +313,7 @@ def _connect(ray: Any, address: str | None) -> None:
     from aiaas.automl.fit import default_n_jobs
 
     ray.init(
+        address="local",  # a new one: without it Ray joins the machine's latest cluster
         num_cpus=default_n_jobs(),
         include_dashboard=False,
         log_to_driver=False,
@@ -334,12 +341,17 @@ class _RemoteTrial:
 
 
 def evaluate_remote(
-    work: TrialWork, number: int, family: Family, params: Params, seconds_left: float
+    work: TrialWork,
+    number: int,
+    family: Family,
+    params: Params,
+    seconds_left: float,
+    keep_partial: bool = False,
 ) -> TrialResult:
     """Evaluate one trial inside a Ray worker; the result says which process ran it."""
     started = time.time()
     family.preload()  # the library's import is not part of the trial's measured fit time
-    ctx = replace(work.ctx, deadline=time.monotonic() + seconds_left)
+    ctx = replace(work.ctx, deadline=time.monotonic() + seconds_left, keep_partial=keep_partial)
     res = _evaluate(
         _RemoteTrial(number),
         family,

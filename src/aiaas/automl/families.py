@@ -41,6 +41,16 @@ class TrialTimeout(Exception):
     """Raised inside a boosting loop when the search deadline passes."""
 
 
+def _past_deadline(ctx: Context) -> bool:
+    """Whether an interruptible fit must stop now: ``True`` to stop and keep what it grew
+    (``ctx.keep_partial``); past the deadline otherwise, :class:`TrialTimeout`."""
+    if time.monotonic() <= ctx.deadline:
+        return False
+    if ctx.keep_partial:
+        return True
+    raise TrialTimeout
+
+
 @dataclass
 class Context:
     """What a family needs to know about the data and the run."""
@@ -54,7 +64,10 @@ class Context:
     lowcard_ints: list[int]
     n_jobs: int
     seed: int
-    deadline: float = math.inf
+    deadline: float = math.inf  # time.monotonic(); the interruptible families stop at it
+    # at the deadline keep the model grown so far (rounds, trees) instead of TrialTimeout:
+    # the final refit, and the first trials (a search must end with a model)
+    keep_partial: bool = False
 
     @property
     def is_cls(self) -> bool:
@@ -66,6 +79,8 @@ class FitInfo:
     """What one fit learned besides the model (e.g. the early-stopped number of rounds)."""
 
     rounds: int | None = None
+    leaves: int = 0  # tree leaves of the fitted model: what its ONNX conversion costs
+    truncated: bool = False  # stopped at the deadline with the model grown so far
 
 
 class Family:
@@ -79,6 +94,10 @@ class Family:
 
     def preload(self) -> None:
         """Import the family's library now, so its first trial's measured time is all fit."""
+
+    def leaves(self, est: Any, ctx: Context) -> int:
+        """Tree leaves of a fitted model, a bound where counting is slow (0: no trees)."""
+        return 0
 
     def defaults(self, ctx: Context) -> list[Params]:
         raise NotImplementedError
@@ -183,6 +202,10 @@ class LightGBM(Family):
             **p,
         )
 
+    def leaves(self, est: Any, ctx: Context) -> int:
+        # at most num_leaves per tree (large data fills them); dump_model() would be slow
+        return int(est.booster_.num_trees()) * int(est.get_params()["num_leaves"])
+
     def fit(
         self,
         est: Any,
@@ -195,11 +218,12 @@ class LightGBM(Family):
     ) -> FitInfo:
         import lightgbm as lgb
 
-        deadline = ctx.deadline
+        stopped: list[int] = []
 
         def _stop(env: Any) -> None:
-            if time.monotonic() > deadline:
-                raise TrialTimeout
+            if _past_deadline(ctx):  # keep the trees so far (LightGBM ends the loop cleanly)
+                stopped.append(env.iteration)
+                raise lgb.callback.EarlyStopException(env.iteration, env.evaluation_result_list)
 
         _stop.order = 5  # type: ignore[attr-defined]
         kw: dict[str, Any] = {"categorical_feature": ctx.categorical or "auto"}
@@ -214,7 +238,7 @@ class LightGBM(Family):
         best = getattr(est, "best_iteration_", None) or est.n_estimators
         if X_val is None:  # a final model: make it export to ONNX exactly
             _float32_thresholds(est)
-        return FitInfo(rounds=int(best))
+        return FitInfo(rounds=int(best), truncated=bool(stopped))
 
 
 _THRESHOLDS = re.compile(r"^threshold=(.*)$", re.MULTILINE)
@@ -296,6 +320,11 @@ class XGBoost(Family):
             **params,
         )
 
+    def leaves(self, est: Any, ctx: Context) -> int:
+        per_round = ctx.n_classes if ctx.n_classes > 2 else 1
+        bound = min(int(2 ** int(est.get_params()["max_depth"])), max(1, ctx.n_rows))
+        return int(est.get_booster().num_boosted_rounds()) * per_round * bound
+
     def fit(
         self,
         est: Any,
@@ -308,12 +337,13 @@ class XGBoost(Family):
     ) -> FitInfo:
         import xgboost as xgb
 
-        deadline = ctx.deadline
+        stopped: list[int] = []
 
         class _Stop(xgb.callback.TrainingCallback):
             def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
-                if time.monotonic() > deadline:
-                    raise TrialTimeout
+                if _past_deadline(ctx):  # True ends training with the rounds so far
+                    stopped.append(epoch)
+                    return True
                 return False
 
         est.set_params(callbacks=[_Stop()])
@@ -324,10 +354,10 @@ class XGBoost(Family):
             else:
                 est.set_params(early_stopping_rounds=None)
                 est.fit(X, y, sample_weight=w, verbose=False)
-                rounds = int(est.n_estimators)
+                rounds = int(est.get_booster().num_boosted_rounds())
         finally:
             est.set_params(callbacks=None)
-        return FitInfo(rounds=rounds)
+        return FitInfo(rounds=rounds, truncated=bool(stopped))
 
 
 # ------------------------------------------------------------------ HistGradientBoosting
@@ -378,21 +408,23 @@ class HistGB(Family):
         y_val: Labels | None,
         ctx: Context,
     ) -> FitInfo:
-        if not (est.early_stopping and X_val is not None):
+        early = bool(est.early_stopping and X_val is not None)
+        if not early and not (ctx.keep_partial and math.isfinite(ctx.deadline)):
             est.fit(X, y, sample_weight=w)
             return FitInfo(rounds=int(est.n_iter_))
-        # grow in chunks (warm start) so the search deadline can interrupt it
+        # grow in chunks (warm start) so the deadline can interrupt it
         cap = int(est.max_iter)
         est.set_params(warm_start=True)
         target = 0
+        val = {"X_val": X_val, "y_val": y_val} if early else {}
         while True:
             target = min(target + self.CHUNK, cap)
             est.set_params(max_iter=target)
-            est.fit(X, y, sample_weight=w, X_val=X_val, y_val=y_val)
+            est.fit(X, y, sample_weight=w, **val)
             if est.n_iter_ < target or target >= cap:
                 break
-            if time.monotonic() > ctx.deadline:
-                raise TrialTimeout
+            if _past_deadline(ctx):
+                return FitInfo(rounds=int(est.n_iter_), truncated=True)
         return FitInfo(rounds=int(est.n_iter_))
 
 
@@ -429,7 +461,11 @@ class _Forest(Family):
         imputer = SimpleImputer(strategy="median", keep_empty_features=True)
         return Pipeline([("impute", imputer), ("model", est)])
 
-    CHUNK = 50
+    def leaves(self, est: Any, ctx: Context) -> int:
+        return sum(int(t.tree_.n_leaves) for t in est.steps[-1][1].estimators_)
+
+    CHUNK_S = 0.2  # seconds of trees per chunk, once the first chunk measured their cost
+    FIRST_CHUNK = 10
 
     def fit(
         self,
@@ -443,19 +479,23 @@ class _Forest(Family):
     ) -> FitInfo:
         model = est.steps[-1][1]
         total = int(model.n_estimators)
-        if not math.isfinite(ctx.deadline) or total <= self.CHUNK:
+        if not math.isfinite(ctx.deadline) or total <= self.FIRST_CHUNK:
             est.fit(X, y, **_sw(est, w))
             return FitInfo()
         # grow the forest in chunks (warm start gives the same trees as one fit) so the
-        # search deadline can interrupt it
+        # deadline can interrupt it; chunks of about CHUNK_S seconds after the first
         model.set_params(warm_start=True)
-        n = 0
+        n, chunk = 0, self.FIRST_CHUNK
         while n < total:
-            n = min(n + self.CHUNK, total)
+            t0 = time.monotonic()
+            grown, n = n, min(n + chunk, total)
             model.set_params(n_estimators=n)
             est.fit(X, y, **_sw(est, w))
-            if n < total and time.monotonic() > ctx.deadline:
-                raise TrialTimeout
+            per_tree = (time.monotonic() - t0) / max(1, n - grown)
+            chunk = max(self.FIRST_CHUNK, int(self.CHUNK_S / max(per_tree, 1e-6)))
+            if n < total and _past_deadline(ctx):
+                model.set_params(n_estimators=n)
+                return FitInfo(truncated=True)
         return FitInfo()
 
 

@@ -1,9 +1,11 @@
 """``fit``: from a table and a target column to a :class:`TrainedModel`.
 
 Time accounting: the search runs until ``time_budget`` minus a reserve for refitting the
-final members on all rows (estimated from the trials' measured fit times); ensemble selection
-then only uses members whose refit still fits the time left, so the whole call ends within
-the budget plus a small margin.
+final members on all rows and converting them to ONNX (estimated from the trials' measured
+fit times and tree sizes); ensemble selection then only uses members whose refit still fits
+the time left; the refit stops at the budget with what it has grown, and the conversion is
+skipped when it would not fit, so the whole call ends within ``time_budget * 1.05 +
+FIT_OVERSHOOT_S``.
 
 ``fit`` runs four stages: ``_prepare`` (validation, the target, the features, the splits),
 ``_search_and_refit`` (the search, ``_select``, the refit and ``_distill``), then
@@ -16,6 +18,8 @@ import logging
 import math
 import os
 import platform
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -51,6 +55,15 @@ if TYPE_CHECKING:
 __all__ = ["fit"]
 
 log = logging.getLogger(__name__)
+
+# ``fit(time_budget=B)`` returns within ``B * 1.05 + FIT_OVERSHOOT_S``: after the budget's
+# end only the current boosting round or chunk of trees of a refit, the report, and the
+# ONNX conversion's estimation error remain (measured on 2 busy cores: under 0.6 s)
+FIT_OVERSHOOT_S = 1.0
+# the ONNX conversion's cost: a fixed part per member and a part per tree leaf (measured
+# 14-31 us per leaf for LightGBM, XGBoost and the forests on 2 cores; taken with margin)
+EXPORT_S_PER_MEMBER = 0.3
+EXPORT_S_PER_LEAF = 40e-6
 
 
 def default_n_jobs() -> int:
@@ -155,7 +168,16 @@ def fit(
         task: ``auto`` (inferred), ``binary``, ``multiclass`` or ``regression``.
         metric: roc_auc, log_loss, accuracy, balanced_accuracy, f1, rmse, mae or r2;
             default roc_auc (binary), log_loss (multiclass), rmse (regression).
-        time_budget: seconds for the whole call (search, ensembling and refit).
+        time_budget: seconds for the whole call: preparation, search, ensembling, refit and
+            (without ``max_trials``) the ONNX conversion that ``save`` then writes. The call
+            returns within ``time_budget * 1.05 + FIT_OVERSHOOT_S`` (1 s): the search stops
+            early enough for the refit and the conversion, estimated from the trials' fit
+            times and tree sizes; trials still running at its end are stopped (``timeout``),
+            a refit still running at the budget keeps the rounds or trees it has grown, and a
+            conversion that would not fit is skipped (the model serves natively). A budget
+            too short for one full trial keeps the first trial with what it fit by then.
+            Not bounded: a non-interruptible fit (linear, k-NN, MLP) far slower than its
+            trials predicted. Ray's start-up, when ``executor`` starts one, counts too.
         seed: makes splits, sampler and models reproducible.
         n_jobs: threads per model fit; default every core of this process.
         cv: number of folds, or a holdout fraction (float in (0, 1)); default by data size.
@@ -177,6 +199,7 @@ def fit(
     """
     t_start, wall_start = time.monotonic(), time.time()
     task_option = _check_options(task, time_budget, max_trials)
+    _preload_export()
     n_jobs = default_n_jobs() if n_jobs is None or n_jobs <= 0 else int(n_jobs)
     problem = _prepare(data, target, task_option, metric, cv=cv, seed=seed, n_jobs=n_jobs)
     with threadpool_limits(limits=n_jobs):
@@ -192,7 +215,23 @@ def fit(
             distill=distill,
             executor=executor,
         )
-    return _trained_model(problem, outcome, time_budget, t_start, wall_start, seed)
+    model, report = _trained_model(problem, outcome, time_budget, t_start, wall_start, seed)
+    if max_trials is None:  # a budgeted fit also converts the model (``save`` then writes)
+        t_export = time.monotonic()
+        # the conversion may use the budget's 5 % allowance (not FIT_OVERSHOOT_S): it is
+        # planned from a cost estimate, and an artifact without ONNX serves more slowly
+        _export_in_budget(model, problem, outcome, t_start + time_budget * 1.05)
+        report["timings"]["export_s"] = round(time.monotonic() - t_export, 3)
+        report["timings"]["total_s"] = round(time.monotonic() - t_start, 3)
+    return model
+
+
+def _preload_export() -> None:
+    """Import what saving the model needs on a background thread, while the search runs."""
+    from aiaas.automl.onnx_export import _EXPORT_MODULES, preload_export
+
+    if not all(name in sys.modules for name in _EXPORT_MODULES):
+        threading.Thread(target=preload_export, name="aiaas-automl-preload", daemon=True).start()
 
 
 def _check_options(task: str, time_budget: float, max_trials: int | None) -> TaskOption:
@@ -352,13 +391,22 @@ def _search_and_refit(
     )
     search_s = time.monotonic() - t_search
     done = _complete(results)
+    if done[0].partial:
+        p.warnings.append(
+            f"the time budget ended before a trial could finish: trial {done[0].number} "
+            f"({done[0].family}) was kept with {len(done[0].fold_scores)} of "
+            f"{len(p.split.folds)} fold(s) and the rounds or trees it had; raise time_budget"
+        )
     t_ens = time.monotonic()
     members, weights, ens_loss = _select(
         done, p.y_fit, p.split, p.metric, ensemble, t_start + budget, max_trials, p.ctx.n_jobs
     )
     ens_s = time.monotonic() - t_ens
     t_refit = time.monotonic()
-    fitted, w_full = _refit(p, members)
+    # the refit (and the student) stop at the budget, keeping the rounds and trees grown
+    # so far; with max_trials they run to their end (a fixed count gives a fixed model)
+    hard_end = t_start + budget if max_trials is None else math.inf
+    fitted, w_full = _refit(p, members, hard_end)
     refit_s = time.monotonic() - t_refit
     seconds = {"search_s": search_s, "ensemble_s": ens_s, "refit_s": refit_s}
     outcome = _Outcome(results, done, members, weights, fitted, ens_loss, seconds)
@@ -376,6 +424,9 @@ def _refit_reserve(
     def reserve(results: list[TrialResult]) -> float:
         done = sorted((r for r in results if r.state == "complete"), key=_loss_key)[:3]
         est = sum(_refit_cost(r, split) for r in done) / min(n_jobs, max(1, len(done)))
+        # the ONNX conversion after the refit (fold models have ~train_fraction of the leaves)
+        leaves = sum(r.leaves for r in done) / max(split.train_fraction, 0.2)
+        est += _export_cost(int(leaves), len(done))
         if distill and p.task != "multiclass":  # the student: ~1 LightGBM refit per class
             lgb_done = [r for r in done if r.family == "lightgbm"]
             est += sum(_refit_cost(r, split) for r in lgb_done[:1]) * max(1, p.n_classes)
@@ -397,10 +448,15 @@ def _complete(results: list[TrialResult]) -> list[TrialResult]:
     return done
 
 
-def _refit(p: _Problem, members: list[TrialResult]) -> tuple[list[Any], NDArray[np.float64] | None]:
-    """The members refit on all rows (their early-stopped rounds scaled up) and the weights."""
-    ctx = p.ctx
-    ctx.deadline = math.inf
+def _refit(
+    p: _Problem, members: list[TrialResult], deadline: float
+) -> tuple[list[Any], NDArray[np.float64] | None]:
+    """The members refit on all rows (their early-stopped rounds scaled up) and the weights.
+
+    An interruptible fit still running at ``deadline`` stops there with what it has grown
+    (fewer rounds or trees than planned); the report warns about it.
+    """
+    ctx = p.ctx = replace(p.ctx, deadline=deadline, keep_partial=True)
     w_full = None
     if p.balanced:
         from sklearn.utils.class_weight import compute_sample_weight
@@ -411,15 +467,22 @@ def _refit(p: _Problem, members: list[TrialResult]) -> tuple[list[Any], NDArray[
     small = p.X.shape[0] * p.X.shape[1] < 500_000
     refit_ctx = replace(ctx, n_jobs=1) if width > 1 or small else ctx
 
-    def refit(r: TrialResult) -> Any:
+    def refit(r: TrialResult) -> tuple[Any, bool]:
         fam = FAMILIES[r.family]
         rounds = fam.refit_rounds(_infos(r), p.split.train_fraction)
-        est, _, _ = fit_predict(
+        est, info, _ = fit_predict(
             fam, r.params, refit_ctx, p.X, p.y_fit, w_full, None, None, rounds=rounds
         )
-        return est
+        return est, info.truncated
 
-    return parallel_map(refit, members, width), w_full
+    out = parallel_map(refit, members, width)
+    for r, (_, truncated) in zip(members, out, strict=True):
+        if truncated:
+            p.warnings.append(
+                f"the refit of trial {r.number} ({r.family}) stopped at the time budget with "
+                "fewer rounds or trees than its cross-validation chose; raise time_budget"
+            )
+    return [est for est, _ in out], w_full
 
 
 def _distill_outcome(p: _Problem, o: _Outcome, w_full: NDArray[np.float64] | None) -> None:
@@ -528,6 +591,7 @@ def _build_report(
 ) -> dict[str, Any]:
     """The model card: data, validation, best trial, ensemble, trial counts and timings."""
     best = o.done[0]
+    versions = _versions()
     return {
         "task": p.task,
         "task_inference": p.inference.report(),
@@ -575,7 +639,7 @@ def _build_report(
         "seed": seed,
         "n_jobs": p.ctx.n_jobs,
         "started_at": wall_start,
-        "versions": _versions(),
+        "versions": versions,
     }
 
 
@@ -625,10 +689,12 @@ def _ensemble_score(p: _Problem, ens_loss: float | None) -> float | None:
 
 def _trained_model(
     p: _Problem, o: _Outcome, budget: float, t_start: float, wall_start: float, seed: int
-) -> TrainedModel:
+) -> tuple[TrainedModel, dict[str, Any]]:
+    """The model and its report (the same dict: the export's timings are added later)."""
     importance = _importance(o.fitted, o.weights, p.pre)
     leaderboard = [r.row() for r in sorted(o.results, key=_board_key)]
-    return TrainedModel(
+    report = _build_report(p, o, budget, t_start, wall_start, seed)
+    model = TrainedModel(
         task=p.task,
         metric=p.metric.name,
         preprocessor=p.pre,
@@ -639,9 +705,43 @@ def _trained_model(
         y_mean=p.y_mean,
         y_std=p.y_std,
         leaderboard=leaderboard,
-        report=_build_report(p, o, budget, t_start, wall_start, seed),
+        report=report,
         feature_importance=importance,
     )
+    return model, report
+
+
+def _export_cost(leaves: int, members: int) -> float:
+    """Expected seconds to convert ``members`` models with ``leaves`` tree leaves to ONNX."""
+    return members * EXPORT_S_PER_MEMBER + leaves * EXPORT_S_PER_LEAF
+
+
+def _export_in_budget(model: TrainedModel, p: _Problem, o: _Outcome, deadline: float) -> None:
+    """Convert the model to ONNX now (``save`` reuses it) when that fits before ``deadline``;
+    else give it no ONNX form, with a warning: it serves natively.
+
+    Tree ensembles convert at about 20-30 us per leaf here, so a forest grown on many rows
+    (millions of leaves) can take far longer than its own fit.
+    """
+    fams = [FAMILIES[f] for f in o.families]
+    if not all(f.onnx for f in fams):
+        return  # no ONNX form anyway (a member does not convert)
+    leaves = sum(f.leaves(est, p.ctx) for f, est in zip(fams, o.fitted, strict=True))
+    cost = _export_cost(leaves, len(fams))
+    if cost > deadline - time.monotonic():
+        msg = (
+            f"no ONNX export: converting the model ({leaves} tree leaves) would take about "
+            f"{cost:.1f} s, past the time budget; it serves natively (raise time_budget)"
+        )
+        model.skip_onnx(msg)
+        p.warnings.append(msg)
+        log.warning(msg)
+        return
+    try:
+        model.to_onnx()
+        model.to_onnx_raw()
+    except Exception:  # save() converts again and raises it there, as without a budget
+        log.warning("the ONNX conversion failed; save will retry", exc_info=True)
 
 
 def _plain(v: Any) -> Any:
@@ -688,7 +788,7 @@ def _select(
     """The final members: greedy ensemble over the best trials when it beats the best one."""
     best = done[0]
     mask = split.oof_mask
-    if not allow or len(done) < 2:
+    if not allow or len(done) < 2 or best.oof is None:
         return [best], [1.0], None
     # members that cannot export to ONNX only join when they are the best trial
     pool = [r for r in done if r.oof is not None and (r is best or FAMILIES[r.family].onnx)][:20]
@@ -733,17 +833,14 @@ def _importance(
 
 
 def _versions() -> dict[str, str]:
-    import lightgbm
-    import optuna
-    import sklearn
-    import xgboost
+    """The library versions, from the installed metadata (importing xgboost costs time
+    when no trial used it, and this runs after the budget's refit)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "pandas": pd.__version__,
-        "scikit-learn": sklearn.__version__,
-        "lightgbm": lightgbm.__version__,
-        "xgboost": xgboost.__version__,
-        "optuna": optuna.__version__,
-    }
+    out = {"python": platform.python_version()}
+    for name in ("numpy", "pandas", "scikit-learn", "lightgbm", "xgboost", "optuna"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:  # pragma: no cover - all are dependencies
+            out[name] = "unknown"
+    return out

@@ -134,6 +134,8 @@ class TrainedModel:
         self.feature_importance = feature_importance
         self._onnx_session: Any = None
         self._onnx_bytes: bytes | None = None
+        self._onnx_raw_bytes: bytes | None = None
+        self._onnx_skipped: str | None = None  # why this model has no ONNX form on purpose
 
     # ------------------------------------------------------------------------- introspection
     @property
@@ -220,6 +222,8 @@ class TrainedModel:
         """The ensemble as one serialized ONNX graph, or ``None`` when a member cannot convert."""
         if self._onnx_bytes is not None:
             return self._onnx_bytes
+        if self._onnx_skipped is not None:
+            return None
         from aiaas.automl.onnx_export import UnsupportedForOnnx, ensemble_to_onnx, member_to_onnx
 
         n = len(self.preprocessor.feature_names_out_)
@@ -246,6 +250,8 @@ class TrainedModel:
         ``None`` when the model has no ONNX form or uses datetime columns (their parts are
         computed in Python). See :func:`aiaas.automl.onnx_export.raw_input_head`.
         """
+        if self._onnx_raw_bytes is not None:
+            return self._onnx_raw_bytes
         core_bytes = self.to_onnx()
         if core_bytes is None:
             return None
@@ -254,7 +260,15 @@ class TrainedModel:
         from aiaas.automl.onnx_export import raw_input_head
 
         merged = raw_input_head(self.preprocessor.specs_, onnx.load_from_string(core_bytes))
-        return None if merged is None else bytes(merged.SerializeToString())
+        if merged is None:
+            return None
+        self._onnx_raw_bytes = bytes(merged.SerializeToString())
+        return self._onnx_raw_bytes
+
+    def skip_onnx(self, reason: str) -> None:
+        """Give this model no ONNX form (it serves natively); ``reason`` says why."""
+        self._onnx_skipped = reason
+        self._onnx_bytes = self._onnx_raw_bytes = None
 
     def onnx_raw_inputs(self, data: Any) -> dict[str, NDArray[Any]]:
         """Raw rows → the feeds of :meth:`to_onnx_raw` (floats, or strings with "" = missing)."""

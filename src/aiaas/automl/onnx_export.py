@@ -22,11 +22,28 @@ __all__ = [
     "ONNX_ML_OPSET",
     "member_to_onnx",
     "ensemble_to_onnx",
+    "preload_export",
     "UnsupportedForOnnx",
 ]
 
 ONNX_OPSET = 15
 ONNX_ML_OPSET = 3
+# what ``TrainedModel.save`` imports: about 3 s on two cores, most of a first save's time
+_EXPORT_MODULES = ("onnx", "onnxmltools", "skl2onnx", "onnxruntime", "skops.io")
+
+
+def preload_export() -> None:
+    """Import the converters and the artifact writer now (``fit`` does it on a background
+    thread while the search runs, so that saving right after a timed fit is quick)."""
+    import importlib
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in _EXPORT_MODULES:
+            try:
+                importlib.import_module(name)
+            except ImportError:  # pragma: no cover - all are dependencies; save reports it
+                return
 
 
 class UnsupportedForOnnx(Exception):

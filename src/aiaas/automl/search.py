@@ -72,6 +72,9 @@ _DEFAULT_ORDER = [
 ]
 
 
+# a refit on all rows costs about one fold's fit / train_fraction, times this margin
+_REFIT_MARGIN = 1.1
+
 Fold = tuple[NDArray[np.intp], NDArray[np.intp]]  # (train rows, validation rows)
 SplitKind = Literal["kfold", "holdout"]
 # how a trial ended: "skipped" was never run (it could not be afforded in the time left),
@@ -105,6 +108,10 @@ class TrialResult:
     fold_fit_time: float = 0.0
     rounds: list[int] = field(default_factory=list)
     fold_scores: list[float] = field(default_factory=list)  # per validated fold, in order
+    # stopped at its deadline with what it had (fewer folds or rounds): only a first trial,
+    # so that a search too short for one full trial still ends with a model
+    partial: bool = False
+    leaves: int = 0  # tree leaves of its largest fold model (the cost of an ONNX export)
     error: str | None = None
     worker: str | None = None  # "host:pid" of the process that evaluated it; None: this one
     started_at: float | None = None  # wall clock (time.time()) when its evaluation began
@@ -195,6 +202,7 @@ def fit_predict(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         info = fam.fit(est, X_tr, y_fit, w, X_es, y_es, ctx)
+        info.leaves = fam.leaves(est, ctx) if fam.onnx else 0
         pred = _predict(est, X_va, ctx, present) if X_va is not None else None
     return est, info, pred
 
@@ -404,10 +412,26 @@ class _TrialLoop:
             self._skip(trial, fam_name, params)
             return None if self.skipped_in_row >= 60 or self._cheapest() > left else False
         self.skipped_in_row = 0
-        deadline = search_end if self.max_trials is None else math.inf
+        deadline, keep = self._trial_deadline(now, search_end)
         self.asked[trial.number] = trial
-        ex.submit(TrialSpec(trial, fam, params, deadline))
+        ex.submit(TrialSpec(trial, fam, params, deadline, keep_partial=keep))
         return True
+
+    def _trial_deadline(self, now: float, search_end: float) -> tuple[float, bool]:
+        """When a trial must stop, and whether it then keeps what it has.
+
+        Until a trial is complete, a trial stops early enough for its own refit to fit in
+        the budget (``_FIRST_TRIAL_SHARE``) and is kept with the folds and rounds it has:
+        a budget too short for one full trial still ends with a model, on time. After that a
+        trial stops at the end of the search and is lost (``timeout``). With ``max_trials``
+        trials run to their end.
+        """
+        if self.max_trials is not None:
+            return math.inf, False
+        if any(r.state == "complete" for r in self.results):
+            return search_end, False
+        share = _first_trial_share(self.split)
+        return min(search_end, now + share * (self.deadline - now)), True
 
     def _window(self) -> tuple[float, float] | None:
         """``(now, end of the search)``, or ``None`` when the search is over."""
@@ -500,6 +524,13 @@ class _TrialLoop:
         return not stop
 
 
+def _first_trial_share(split: Split) -> float:
+    """The share of the time left a first trial may take so that its refit on all rows
+    (about one fold's fit scaled by ``1 / train_fraction``) still fits after it."""
+    refit = _REFIT_MARGIN / max(split.train_fraction, 0.2)
+    return 1.0 / (1.0 + refit)
+
+
 def _expected_cost(name: str, family_time: dict[str, list[float]], split: Split) -> float | None:
     if name in family_time:
         return float(np.median(family_time[name]))
@@ -553,8 +584,10 @@ def _evaluate(
         return info, pred
 
     try:
-        if _run_folds(trial, split.folds, run_fold, width, folds):
+        ended = _run_folds(trial, split.folds, run_fold, width, folds, ctx)
+        if ended == "pruned":
             res.state = "pruned"
+        res.partial = ended == "partial" or folds.truncated
     except TrialTimeout:
         res.state = "timeout"
         res.error = "stopped at the time budget"
@@ -566,12 +599,14 @@ def _evaluate(
     # one fold's fit on one thread (folds ran ``width`` at a time)
     res.fold_fit_time = res.fit_time * width / max(1, len(folds.losses))
     res.fold_scores = list(folds.scores)
+    res.leaves = folds.leaves
     if folds.scores:
         res.score = float(np.mean(folds.scores))
         res.score_std = float(np.std(folds.scores))
     if res.state == "complete":
         res.loss = float(np.mean(folds.losses))
-        res.oof = oof.astype(np.float32)
+        # out-of-fold predictions for every row only (the ensemble selection needs them)
+        res.oof = oof.astype(np.float32) if len(folds.losses) == len(split.folds) else None
     return res
 
 
@@ -586,9 +621,13 @@ class _FoldScores:
     rounds: list[int]
     scores: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
+    truncated: bool = False  # a fold's model stopped at the deadline (``ctx.keep_partial``)
+    leaves: int = 0
 
     def add(self, va: NDArray[np.intp], info: FitInfo, pred: NDArray[np.float64]) -> None:
         self.oof[va] = pred
+        self.truncated = self.truncated or info.truncated
+        self.leaves = max(self.leaves, info.leaves)
         if info.rounds:
             self.rounds.append(info.rounds)
         # scores in the target's own units (regression targets are standardised)
@@ -602,8 +641,10 @@ def _run_folds(
     run_fold: Callable[[Fold], tuple[FitInfo, NDArray[np.float64]]],
     width: int,
     out: _FoldScores,
-) -> bool:
-    """Fit the folds ``width`` at a time into ``out``; ``True`` when the trial was pruned."""
+    ctx: Context,
+) -> Literal["complete", "pruned", "partial"]:
+    """Fit the folds ``width`` at a time into ``out``; how the trial ended: ``partial`` when
+    ``ctx.keep_partial`` and the deadline passed with folds still to fit."""
     for start in range(0, len(folds), width):
         batch = folds[start : start + width]
         if width > 1:
@@ -616,8 +657,10 @@ def _run_folds(
         step = start + len(batch) - 1
         trial.report(float(np.mean(out.losses)), step)
         if step < len(folds) - 1 and trial.should_prune():
-            return True
-    return False
+            return "pruned"
+        if step < len(folds) - 1 and ctx.keep_partial and time.monotonic() > ctx.deadline:
+            return "partial"
+    return "complete"
 
 
 def _grid(names: list[str], ctx: Context) -> list[tuple[str, dict[str, Any]]]:
