@@ -179,3 +179,16 @@ def test_a_retried_job_starts_its_trials_again_and_registers_once(
         versions = session.scalar(select(func.count()).select_from(ModelVersion))
     assert attempts == {2}
     assert versions == 1
+
+
+def test_every_family_trains_inside_the_sandbox(client, tenants: Tenants, dataset, workers):
+    """Thread pools (joblib's, OpenMP's) work under the training sandbox: HistGB's binning
+    needs a POSIX semaphore, and failed there once."""
+    families = ["histgb", "random_forest", "extra_trees", "knn", "mlp", "xgboost"]
+    job = _submit(client, tenants, dataset, families=families, ensemble=False)
+    workers.start()
+    assert workers.finished(job["id"]).status == "succeeded"
+    trials = client.get(f"{URL}/{job['id']}/trials", headers=tenants.a.headers()).json()
+    failed = [(t["family"], t["error"]) for t in trials["items"] if t["state"] == "failed"]
+    assert failed == []
+    assert {t["family"] for t in trials["items"]} >= {"histgb", "random_forest"}

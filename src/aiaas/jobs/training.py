@@ -247,7 +247,9 @@ def _run_child(
             _prespawn(settings)
 
 
-_RAY_WRITES = (Path(tempfile.gettempdir()) / "ray", Path("/dev/shm"))
+#: POSIX semaphores live here: joblib's thread pools (forests, HistGB's binning) need one
+_SHM = Path("/dev/shm")
+_RAY_WRITES = (Path(tempfile.gettempdir()) / "ray", _SHM)
 _ray_lock = threading.Lock()
 #: per worker thread: a training process spawned ahead of its next job (imports done)
 _warm = threading.local()
@@ -303,7 +305,9 @@ def child_paths(settings: Settings, parquet: Path, wd: Path) -> ChildPaths:
             landlock=settings.jobs.training_sandbox,
             tcp=True,
         )
-    return ChildPaths(cwd=wd, read=(parquet,), write=(wd,), landlock=settings.jobs.training_sandbox)
+    return ChildPaths(
+        cwd=wd, read=(parquet,), write=(wd, _SHM), landlock=settings.jobs.training_sandbox
+    )
 
 
 def _prespawn(settings: Settings) -> None:

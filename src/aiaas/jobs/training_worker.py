@@ -131,6 +131,8 @@ def _preload() -> None:
 
 def main() -> int:
     child.die_with_parent()
+    # loky counts physical cores by running lscpu, which the sandbox may not allow
+    os.environ.setdefault("LOKY_MAX_CPU_COUNT", str(len(os.sched_getaffinity(0))))
     _preload()
     try:
         started = child.start()
