@@ -69,3 +69,22 @@ def assert_not_listed(
         cursor = response.json().get("next_cursor")
         sep = "&" if "?" in list_url else "?"
         url = f"{list_url}{sep}cursor={cursor}" if cursor else None
+
+
+def warm_ray_workers(count: int) -> None:
+    """Start ``count`` worker processes of the connected Ray with the engine imported (two
+    tasks that overlap in time need two processes): on a loaded machine a cold Ray worker
+    takes seconds to come up, and a short search would run all its trials in the first."""
+    import time
+
+    import ray
+
+    @ray.remote(num_cpus=1)
+    def warm() -> int:
+        import aiaas.automl.search  # noqa: F401
+
+        time.sleep(1.0)
+        return os.getpid()
+
+    pids = ray.get([warm.remote() for _ in range(count)], timeout=120)
+    assert len(set(pids)) == count

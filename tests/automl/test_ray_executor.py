@@ -28,6 +28,7 @@ from aiaas import automl  # noqa: E402
 from aiaas.automl.executors import LocalExecutor, RayExecutor, TrialExecutor  # noqa: E402
 from aiaas.automl.families import FAMILIES, Family, FitInfo  # noqa: E402
 from aiaas.automl.search import TrialResult  # noqa: E402
+from tests.helpers import warm_ray_workers  # noqa: E402
 
 TEST_PID = os.getpid()
 
@@ -77,6 +78,7 @@ def local_ray():
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     # the test families travel by value: a worker need not import this test module
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    warm_ray_workers(2)
     yield
     ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     ray.shutdown()

@@ -3,11 +3,13 @@ again elsewhere, exactly once, registers one version, and leaves no scratch behi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -146,3 +148,56 @@ def test_a_frozen_worker_loses_its_lease_and_the_job_runs_elsewhere_once(
     assert _versions(workers) == 1
     assert f":{proc.pid}:" not in (done.worker_id or "")
     assert "job_lease_lost" in log.read_text()
+
+
+def test_kill_9_in_the_middle_of_a_registration_leaves_no_row_without_files(
+    client, settings, tenants: Tenants, dataset, workers: Workers, tmp_path: Path
+):
+    from aiaas.registry.sweep import sweep_orphans
+    from aiaas.storage import get_store
+
+    job_id = _submit(client, tenants, dataset)
+    env = dict(os.environ)
+    env |= {f"AIAAS_JOBS__{k.upper()}": str(v) for k, v in FAST_JOBS.items()}
+    env |= {"AIAAS_DATA_DIR": str(settings.data_dir), "AIAAS_ENV": "test"}
+    if settings.database_url:
+        env["AIAAS_DATABASE_URL"] = settings.database_url
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.jobs.stalling_worker"],
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    watchdog = threading.Timer(90, lambda: os.killpg(proc.pid, signal.SIGKILL))  # EOF, not a hang
+    watchdog.start()
+    try:
+        assert proc.stdout is not None
+        line = ""
+        while not line.startswith("STORED models/"):  # until a model file is stored
+            line = proc.stdout.readline().decode()
+            assert line, "the stalling worker ended before storing a model file"
+    finally:
+        watchdog.cancel()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    store = get_store(settings.resolved_artifacts_url)
+    stored = list(store.list(tenants.a.org_id, "models"))
+    assert stored
+    assert _versions(workers) == 0
+    workers.start()
+    done = workers.finished(job_id)
+    assert done.status == "succeeded", (done.error_code, done.error_message)
+    assert done.attempts == 2
+    assert _versions(workers) == 1
+    assert sweep_orphans(workers.factory, store, older_than_s=0) == 1  # the killed attempt's
+    with workers.factory() as session:
+        version = session.scalars(select(ModelVersion)).one()
+        names = {a["path"] for a in version.artifacts}
+        prefix = version.storage_prefix
+    left = set(store.list(tenants.a.org_id, "models"))
+    assert left == {f"{prefix}/{name}" for name in names}  # exactly the version's files

@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 
 from aiaas.jobs.context import JobsContext
+from aiaas.jobs.training import ray_cluster
 from aiaas.settings import Settings
 from tests.conftest import Tenants, make_dataset
+from tests.helpers import warm_ray_workers
 from tests.jobs.conftest import Workers, toy_rows
 
 ray = pytest.importorskip("ray", reason="the Ray executor's tests need the 'ray' package")
@@ -24,6 +26,8 @@ def ray_workers(settings: Settings) -> Iterator[Workers]:
     workers = Workers(settings)
     workers.settings = workers.settings.model_copy(update={"executor": "ray", "ray_address": None})
     workers.ctx = JobsContext.build(workers.settings, workers.ctx.store)
+    ray_cluster(workers.settings)  # what the worker's setup does, before the job's clock
+    warm_ray_workers(2)
     yield workers
     workers.close()
     if not was_connected:
@@ -34,7 +38,7 @@ def test_a_job_on_ray_runs_its_trials_in_ray_workers_and_registers(
     client: Any, settings: Settings, tenants: Tenants, ray_workers: Workers
 ):
     dataset = make_dataset(settings, tenants.a, toy_rows(), name="toy")
-    body = {"dataset_id": dataset.id, "target": "y", "time_budget_s": 20, "model_name": "toy",
+    body = {"dataset_id": dataset.id, "target": "y", "time_budget_s": 30, "model_name": "toy",
             "families": ["linear", "lightgbm"]}  # fmt: skip
     job = client.post("/api/v1/training-jobs", headers=tenants.a.headers(), json=body).json()
     seen: set[int] = set()

@@ -26,6 +26,7 @@ def start(settings: Settings, count: int, stop: threading.Event) -> list[threadi
     """``count`` worker threads of this process, until ``stop`` is set (none for 0)."""
     if count <= 0:
         return []
+    import aiaas.db.models  # noqa: F401  (every table, for the foreign keys of a job's rows)
     from aiaas.db import get_session_factory
     from aiaas.storage import get_store
 

@@ -65,10 +65,19 @@ def handlers(ctx: JobsContext) -> dict[str, Handler]:
 
 
 def worker_setup(ctx: JobsContext) -> Callable[[], None] | None:
-    """What a worker thread does first: start its warm training process (if configured)."""
-    if not ctx.settings.jobs.warm_training_process:
+    """What a worker thread does first: connect to (or start) Ray with the Ray executor,
+    and start its warm training process (if configured) — not on a job's clock."""
+    settings = ctx.settings
+    if settings.executor != "ray" and not settings.jobs.warm_training_process:
         return None
-    return lambda: _prespawn(ctx.settings)
+
+    def setup() -> None:
+        if settings.executor == "ray":
+            ray_cluster(settings)
+        if settings.jobs.warm_training_process:
+            _prespawn(settings)
+
+    return setup
 
 
 @dataclass
