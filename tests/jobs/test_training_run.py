@@ -181,14 +181,14 @@ def test_a_retried_job_starts_its_trials_again_and_registers_once(
     assert versions == 1
 
 
-def test_every_family_trains_inside_the_sandbox(client, tenants: Tenants, dataset, workers):
+def test_thread_pool_families_train_inside_the_sandbox(client, tenants: Tenants, dataset, workers):
     """Thread pools (joblib's, OpenMP's) work under the training sandbox: HistGB's binning
-    needs a POSIX semaphore, and failed there once."""
-    families = ["histgb", "random_forest", "extra_trees", "knn", "mlp", "xgboost"]
-    job = _submit(client, tenants, dataset, families=families, ensemble=False)
+    needs a POSIX semaphore, and failed there once; the forests use joblib's threads."""
+    families = ["histgb", "random_forest", "extra_trees"]
+    job = _submit(client, tenants, dataset, families=families, ensemble=False, time_budget_s=15)
     workers.start()
     assert workers.finished(job["id"]).status == "succeeded"
     trials = client.get(f"{URL}/{job['id']}/trials", headers=tenants.a.headers()).json()
     failed = [(t["family"], t["error"]) for t in trials["items"] if t["state"] == "failed"]
     assert failed == []
-    assert {t["family"] for t in trials["items"]} >= {"histgb", "random_forest"}
+    assert {t["family"] for t in trials["items"]} == set(families)
