@@ -64,6 +64,32 @@ def test_the_same_idempotency_key_returns_the_same_job(client, tenants: Tenants,
     assert [j["id"] for j in listed["items"]] == [first.json()["id"]]
 
 
+def test_a_key_submitted_twice_at_the_same_moment_still_makes_one_job(
+    client, tenants: Tenants, dataset, monkeypatch
+):
+    """The race: both requests looked the key up before either inserted; the loser's insert
+    hits the unique (org, key) constraint and it answers with the winner's job."""
+    from aiaas.jobs import service
+
+    headers = tenants.a.headers() | {"Idempotency-Key": "raced"}
+    first = client.post(URL, headers=headers, json=_body(dataset))
+    real = service._by_key
+    looked: list[str] = []
+
+    def stale_first(*args: Any) -> Any:  # the loser's first look-up saw no job yet
+        looked.append("stale" if not looked else "real")
+        return None if len(looked) == 1 else real(*args)
+
+    monkeypatch.setattr(service, "_by_key", stale_first)
+    again = client.post(URL, headers=headers, json=_body(dataset))
+    assert looked == ["stale", "real"]  # it did insert, hit the constraint, and looked again
+    assert (first.status_code, again.status_code) == (202, 202)
+    assert again.json()["id"] == first.json()["id"]
+    monkeypatch.setattr(service, "_by_key", real)
+    listed = client.get(URL, headers=tenants.a.headers()).json()
+    assert [j["id"] for j in listed["items"]] == [first.json()["id"]]
+
+
 def test_an_idempotency_key_is_per_organization(client, settings, tenants: Tenants, dataset):
     b_dataset = make_dataset(settings, tenants.b, ROWS, name="toy")
     key = {"Idempotency-Key": "same-key"}

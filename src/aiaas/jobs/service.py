@@ -91,17 +91,17 @@ def submit_training(
             return _same_request(existing, spec)
     _check_quotas(session, principal, ctx, body)
     try:
-        with session.begin_nested():
-            job = queue.enqueue(
-                session,
-                org_id=principal.org_id,
-                kind=KIND,
-                spec=spec,
-                max_attempts=ctx.settings.jobs.max_attempts,
-                created_by=principal.actor_id,
-                idempotency_key=idempotency_key,
-            )
-    except IntegrityError:  # the same key, submitted at the same moment
+        job = queue.enqueue(
+            session,
+            org_id=principal.org_id,
+            kind=KIND,
+            spec=spec,
+            max_attempts=ctx.settings.jobs.max_attempts,
+            created_by=principal.actor_id,
+            idempotency_key=idempotency_key,
+        )
+    except IntegrityError:  # the same key, submitted at the same moment: this request
+        session.rollback()  # has written nothing else, so it reads the winner's job instead
         existing = _by_key(session, principal, idempotency_key or "")
         if existing is None:
             raise
