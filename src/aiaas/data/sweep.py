@@ -38,7 +38,7 @@ def sweep_orphans(session: Session, store: ArtifactStore, *, older_than_s: float
     removed = 0
     for org_id in session.scalars(select(Organization.id)):
         removed += _sweep_unreferenced(session, store, org_id, cutoff)
-        removed += _sweep_store_temp_files(store, org_id, cutoff)
+        removed += sweep_store_temp_files(store, org_id, cutoff)
     return removed
 
 
@@ -49,12 +49,21 @@ def _sweep_unreferenced(session: Session, store: ArtifactStore, org_id: str, cut
             select(DatasetVersion.storage_key).where(DatasetVersion.org_id == org_id)
         )
     }
+    return sweep_unreferenced_prefixes(store, org_id, "datasets", known, cutoff)
+
+
+def sweep_unreferenced_prefixes(
+    store: ArtifactStore, org_id: str, root: str, known: set[str], cutoff: float
+) -> int:
+    """Delete every ``<root>/<parent id>/<version id>`` prefix of ``org_id`` that is not in
+    ``known`` and whose files are all older than ``cutoff``; returns how many (the datasets'
+    and the registry's sweep)."""
     stale: dict[str, bool] = {}
-    for key in store.list(org_id, "datasets"):
+    for key in store.list(org_id, root):
         parts = key.split("/")
         if len(parts) < 4:
             continue
-        prefix = "/".join(parts[:3])  # datasets/<dataset id>/<version id>
+        prefix = "/".join(parts[:3])
         if prefix in known:
             continue
         modified = store.modified(org_id, key)
@@ -65,22 +74,25 @@ def _sweep_unreferenced(session: Session, store: ArtifactStore, org_id: str, cut
         if old:
             store.delete_prefix(org_id, prefix)
             removed += 1
-            log.info("orphan_version_files_removed", org_id=org_id, prefix=prefix)
+            log.info("orphan_files_removed", org_id=org_id, prefix=prefix)
     return removed
 
 
-def _sweep_store_temp_files(store: ArtifactStore, org_id: str, cutoff: float) -> int:
-    """The local store's ``.tmp-*`` files (S3 writes are single PUTs and leave none)."""
-    root = store.local_path(org_id, "datasets")
-    if root is None or not root.is_dir():
+def sweep_store_temp_files(
+    store: ArtifactStore, org_id: str, cutoff: float, root: str = "datasets"
+) -> int:
+    """The local store's ``.tmp-*`` files under ``root`` (S3 writes are single PUTs and
+    leave none)."""
+    base = store.local_path(org_id, root)
+    if base is None or not base.is_dir():
         return 0
     removed = 0
-    for tmp in list(root.rglob(".tmp-*")):
+    for tmp in list(base.rglob(".tmp-*")):
         if tmp.is_file() and not tmp.is_symlink() and older_than(tmp, cutoff):
             tmp.unlink(missing_ok=True)
             removed += 1
-            log.info("store_temp_file_removed", org_id=org_id, path=str(tmp.relative_to(root)))
-            with contextlib.suppress(OSError):  # its version and dataset folders, if empty
+            log.info("store_temp_file_removed", org_id=org_id, path=str(tmp.relative_to(base)))
+            with contextlib.suppress(OSError):  # its version and parent folders, if empty
                 tmp.parent.rmdir()
                 tmp.parent.parent.rmdir()
     return removed

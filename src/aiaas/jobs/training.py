@@ -40,6 +40,7 @@ from aiaas.errors import AiaasError
 from aiaas.jobs.context import JobsContext
 from aiaas.jobs.limits import training_limits, training_threads
 from aiaas.jobs.models import Job, JobTrial
+from aiaas.jobs.queue import add_event
 from aiaas.jobs.worker import (
     THREAD_EXIT_HOOKS,
     Handler,
@@ -49,7 +50,7 @@ from aiaas.jobs.worker import (
     LeaseLost,
 )
 from aiaas.sandbox import ChildPaths, ChildRun, run_child
-from aiaas.sandbox.runner import spawn
+from aiaas.sandbox.runner import discard, spawn
 from aiaas.settings import Settings
 
 log = structlog.get_logger()
@@ -131,8 +132,6 @@ class _Stream:
 
         def write(session: Session, job: Job) -> None:
             session.add(trial)
-            from aiaas.jobs.queue import add_event
-
             add_event(session, job, "trial", data)
             if improved:
                 add_event(session, job, "best", data)
@@ -340,11 +339,7 @@ def _drop_warm() -> None:
     """The worker thread stops: its warm training process goes with it."""
     proc = _take_warm()
     if proc is not None:
-        proc.kill()
-        proc.wait()
-        for pipe in (proc.stdin, proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
+        discard(proc)
 
 
 THREAD_EXIT_HOOKS.append(_drop_warm)

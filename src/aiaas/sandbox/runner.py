@@ -185,9 +185,7 @@ def run_child(
     except _Cancelled:
         run.cancelled = True
     finally:
-        _kill_group(proc)
-        proc.wait()
-        _close_pipes(proc)
+        discard(proc)
     run.returncode = proc.returncode
     run.output = bytes(output)
     run.stderr = bytes(stderr[-STDERR_TAIL_BYTES:]).decode("utf-8", "replace")
@@ -239,6 +237,13 @@ class _Io:
     deadline: float
     max_output: int
     cancel: threading.Event | None
+
+
+def discard(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a child from :func:`spawn` that will not be used (its whole group) and reap it."""
+    _kill_group(proc)
+    proc.wait()
+    _close_pipes(proc)
 
 
 def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
