@@ -303,6 +303,81 @@ class JobsSettings(BaseModel):
     )
 
 
+class RegistrySettings(BaseModel):
+    """Models brought by their users: ONNX uploads and quantization (``AIAAS_REGISTRY__*``)."""
+
+    max_onnx_bytes: int = Field(
+        512 * MiB, ge=1, description="Largest ONNX file one upload may carry (413 above)."
+    )
+    onnx_check_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="Wall-clock limit of the sandboxed check of an upload."
+    )
+    onnx_check_address_space_bytes: int = Field(
+        4 * 1024 * MiB,
+        ge=0,
+        description="Address-space limit (RLIMIT_AS) of the process that checks an upload.",
+    )
+
+
+class ServingSettings(BaseModel):
+    """Endpoints and online prediction (``AIAAS_SERVING__*``)."""
+
+    refresh_s: float = Field(
+        0.25,
+        gt=0,
+        le=60,
+        description="How often each worker re-reads the endpoints' revisions: a change "
+        "reaches every worker of every replica within this (plus the model's load).",
+    )
+    fast_path: bool = Field(
+        True,
+        description="Answer predictions in the serving gateway (pure ASGI, before FastAPI's "
+        "routing); off: the same code runs behind FastAPI's routes.",
+    )
+    onnx_threads: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="ONNX Runtime intra-op threads per model session (per worker process).",
+    )
+    model_cache_bytes: int = Field(
+        2 * 1024 * MiB,
+        ge=1,
+        description="Memory the loaded models of one worker may take (estimated); the "
+        "least recently used are unloaded above it.",
+    )
+    max_rows: int = Field(10_000, ge=1, description="Rows one prediction request may carry.")
+    max_endpoints_per_org: int = Field(
+        200, ge=1, description="Endpoints one organization may have (403 above)."
+    )
+    batching: bool = Field(
+        False,
+        description="Adaptive micro-batching: concurrent requests to one model version are "
+        "predicted in one call (helps models with a high per-call cost).",
+    )
+    batch_max_rows: int = Field(
+        256, ge=1, description="Most rows of one micro-batch (with batching on)."
+    )
+    batch_wait_ms: float = Field(
+        1.0,
+        ge=0,
+        le=100,
+        description="Longest a request waits for others to join its micro-batch.",
+    )
+    prediction_log: bool = Field(
+        True, description="Log every prediction (inputs, outputs, version) for monitoring."
+    )
+    log_flush_s: float = Field(
+        2.0, gt=0, le=3600, description="How often the prediction log is written out."
+    )
+    log_queue_rows: int = Field(
+        200_000,
+        ge=1,
+        description="Prediction-log rows held in memory at most; beyond, rows are dropped "
+        "and counted (a prediction never waits for its log).",
+    )
+
+
 class Settings(BaseSettings):
     """All aiaas settings. Every field can be set as ``AIAAS_<NAME>``."""
 
@@ -341,6 +416,12 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings, description="Credentials.")
     data: DataSettings = Field(default_factory=DataSettings, description="Data limits.")
     jobs: JobsSettings = Field(default_factory=JobsSettings, description="Jobs and training.")
+    registry: RegistrySettings = Field(
+        default_factory=RegistrySettings, description="Model uploads."
+    )
+    serving: ServingSettings = Field(
+        default_factory=ServingSettings, description="Endpoints and predictions."
+    )
     executor: Literal["local", "ray"] = Field(
         "local",
         description="Where a training job's trials run: in its sandboxed training process "

@@ -44,6 +44,10 @@ EXPECTED = {
     Action.MODEL_READ: {"owner", "admin", "developer", "viewer"},
     Action.MODEL_WRITE: {"owner", "admin", "developer"},
     Action.MODEL_DELETE: {"owner", "admin", "developer"},
+    Action.ENDPOINT_READ: {"owner", "admin", "developer", "viewer"},
+    Action.ENDPOINT_WRITE: {"owner", "admin", "developer"},
+    Action.ENDPOINT_DELETE: {"owner", "admin", "developer"},
+    Action.PREDICT: {"owner", "admin", "developer", "viewer"},
 }
 
 

@@ -44,6 +44,11 @@ class Action(StrEnum):
     MODEL_READ = "model:read"
     MODEL_WRITE = "model:write"
     MODEL_DELETE = "model:delete"
+    # serving
+    ENDPOINT_READ = "endpoint:read"
+    ENDPOINT_WRITE = "endpoint:write"
+    ENDPOINT_DELETE = "endpoint:delete"
+    PREDICT = "endpoint:predict"
 
 
 _VIEWER = frozenset(
@@ -53,6 +58,8 @@ _VIEWER = frozenset(
         Action.SQL_QUERY,
         Action.TRAINING_READ,
         Action.MODEL_READ,
+        Action.ENDPOINT_READ,
+        Action.PREDICT,
     }
 )
 _DEVELOPER = _VIEWER | {
@@ -61,6 +68,8 @@ _DEVELOPER = _VIEWER | {
     Action.TRAINING_WRITE,
     Action.MODEL_WRITE,
     Action.MODEL_DELETE,
+    Action.ENDPOINT_WRITE,
+    Action.ENDPOINT_DELETE,
 }
 _ADMIN = _DEVELOPER | {
     Action.MEMBER_READ,
