@@ -43,7 +43,7 @@ def saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
         }
     )
     df["y"] = (df["a"] + (df["colour"] == "red") + rng.normal(scale=0.5, size=n) > 0.5).astype(int)
-    model = automl.fit(df, "y", time_budget=3, families=["linear"], ensemble=False, max_trials=3)
+    model = automl.fit(df, "y", time_budget=20, families=["linear"], ensemble=False, max_trials=3)
     return model.save(tmp_path_factory.mktemp("saved") / "model")
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import structlog
 from fastapi import FastAPI
 from starlette.requests import Request
@@ -11,9 +14,9 @@ import aiaas
 from aiaas.api.errors import install_error_handlers
 from aiaas.api.health import router as health_router
 from aiaas.api.middleware import PlatformMiddleware
-from aiaas.api.route_table import route_policies, route_templates
+from aiaas.api.route_table import iter_routes, route_policies, route_templates
 from aiaas.api.routers import ROUTERS
-from aiaas.api.state import AppState
+from aiaas.api.state import AppState, app_state
 from aiaas.auth.cache import ApiKeyCache, LoginThrottle
 from aiaas.auth.passwords import Passwords
 from aiaas.data.context import DataContext
@@ -21,6 +24,10 @@ from aiaas.db import get_session_factory
 from aiaas.jobs.context import JobsContext
 from aiaas.logging import configure_logging
 from aiaas.monitoring.metrics import HttpMetrics
+from aiaas.serving import oip
+from aiaas.serving.core import Serving
+from aiaas.serving.gateway import ServingGateway
+from aiaas.serving.oip_router import router as oip_router
 from aiaas.settings import Settings, get_settings
 from aiaas.storage import get_store
 
@@ -36,6 +43,19 @@ PUBLIC_ROUTES: frozenset[str] = frozenset(
         "/docs/oauth2-redirect",
         "/redoc",
         f"{API_PREFIX}/auth/token",
+        "/v2",
+        "/v2/health/live",
+        "/v2/health/ready",
+    }
+)
+#: POSTs that change nothing (predictions: their record is the prediction log): audited
+#: only when denied.
+QUIET_ROUTES: frozenset[str] = frozenset(
+    {
+        f"{API_PREFIX}/endpoints/{{name}}/predict",
+        f"{API_PREFIX}/endpoints/{{name}}/invocations",
+        "/v2/models/{name}/infer",
+        "/v2/models/{name}/versions/{version}/infer",
     }
 )
 
@@ -56,17 +76,52 @@ def build_state(settings: Settings) -> AppState:
     secret_key = settings.secret_key()
     store = get_store(settings.resolved_artifacts_url)
     auth = settings.auth
+    session_factory = get_session_factory(settings.resolved_database_url)
+    metrics = HttpMetrics()
     return AppState(
         settings=settings,
         secret_key=secret_key,
-        session_factory=get_session_factory(settings.resolved_database_url),
+        session_factory=session_factory,
         store=store,
         passwords=Passwords(auth.argon2_time_cost, auth.argon2_memory_kib, auth.argon2_parallelism),
         api_key_cache=ApiKeyCache(auth.api_key_cache_ttl_s),
         login_throttle=LoginThrottle(auth.login_max_failures, auth.login_window_s),
-        metrics=HttpMetrics(),
+        metrics=metrics,
         data=DataContext.build(settings, store, secret_key),
         jobs=JobsContext.build(settings, store),
+        serving=Serving(settings, store, session_factory, metrics.registry),
+    )
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Stop the serving threads (and flush the prediction log) when the server stops."""
+    yield
+    app_state(app).serving.stop()
+
+
+def _add_serving_gateway(app: FastAPI, state: AppState) -> None:
+    """Predictions answered before FastAPI's routing (inside the platform middleware)."""
+    from aiaas.api.deps import get_principal
+
+    names = {
+        f"{API_PREFIX}/endpoints/{{name}}/predict": "predict",
+        f"{API_PREFIX}/endpoints/{{name}}/invocations": "invocations",
+        "/v2/models/{name}/infer": "infer",
+        "/v2/models/{name}/versions/{version}/infer": "infer_version",
+    }
+    routes = {names[i.path]: i.route for i in iter_routes(app) if i.path in names}
+
+    def serving() -> Serving:
+        state.serving.start()
+        return state.serving
+
+    app.add_middleware(
+        ServingGateway,
+        serving=serving,
+        authenticate=get_principal,
+        routes=routes,
+        infer=oip.infer,
     )
 
 
@@ -85,12 +140,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     state = build_state(settings)
     app.state.aiaas = state
+    app.router.lifespan_context = _lifespan
 
     install_error_handlers(app)
     app.include_router(health_router)
+    app.include_router(oip_router)
     for router in ROUTERS:
         app.include_router(router, prefix=API_PREFIX)
     limits = settings.limits
+    if settings.serving.fast_path:
+        _add_serving_gateway(app, state)
 
     async def authenticate(scope: Scope) -> None:
         # The same dependency the route runs; it keeps the principal in the request state.
@@ -113,5 +172,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=state.metrics,
         session_factory=lambda: state.session_factory,
         templates=route_templates(app),
+        quiet_routes=QUIET_ROUTES,
     )
     return app

@@ -26,6 +26,7 @@ from aiaas.data.context import DataContext
 from aiaas.db.pagination import PageParams
 from aiaas.errors import Forbidden, Unauthorized
 from aiaas.jobs.context import JobsContext
+from aiaas.serving.core import Serving
 from aiaas.settings import Settings
 from aiaas.storage import ArtifactStore
 
@@ -90,6 +91,12 @@ def get_jobs(state: StateDep) -> JobsContext:
     return state.jobs
 
 
+def get_serving(state: StateDep) -> Serving:
+    """The serving caches (endpoints, models), log and metrics; started on first use."""
+    state.serving.start()
+    return state.serving
+
+
 def get_session_factory(state: StateDep) -> sessionmaker[Session]:
     """For a route that outlives its dependencies (a stream): it opens short sessions."""
     return state.session_factory
@@ -103,6 +110,7 @@ ApiKeyCacheDep = Annotated[ApiKeyCache, Depends(get_api_key_cache)]
 LoginThrottleDep = Annotated[LoginThrottle, Depends(get_login_throttle)]
 DataDep = Annotated[DataContext, Depends(get_data)]
 JobsDep = Annotated[JobsContext, Depends(get_jobs)]
+ServingDep = Annotated[Serving, Depends(get_serving)]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
 
 

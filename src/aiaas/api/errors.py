@@ -5,6 +5,7 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
+import orjson
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,6 +22,21 @@ def _request_id(request: Request) -> str | None:
     return getattr(request.state, "request_id", None)
 
 
+def _oip(request: Request) -> bool:
+    """The Open Inference Protocol's paths: their errors are ``{"error": "<message>"}``."""
+    path = request.url.path
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def _oip_error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps({"error": message}),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
 def _title(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
@@ -33,6 +49,8 @@ async def aiaas_error_handler(request: Request, exc: Exception) -> Response:
     headers = None
     if isinstance(exc, TooManyRequests) and exc.retry_after:
         headers = {"Retry-After": str(exc.retry_after)}
+    if _oip(request):
+        return _oip_error(exc.status, exc.detail, headers)
     return problem_response(
         exc.status,
         exc.title,
@@ -56,6 +74,9 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
     detail = exc.detail if isinstance(exc.detail, str) else None
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no route for {request.method} {request.url.path}"
+    if _oip(request):
+        headers = dict(exc.headers) if exc.headers else None
+        return _oip_error(exc.status_code, detail or _title(exc.status_code), headers)
     return problem_response(
         exc.status_code,
         _title(exc.status_code),

@@ -24,13 +24,15 @@ Everything a route must not see is refused here, before the route reads a byte:
 
 from __future__ import annotations
 
+import asyncio
+import random
 import re
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import orjson
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException
@@ -57,6 +59,7 @@ _SECURITY_HEADERS = [
 ]
 _CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
 _NO_STORE = (b"cache-control", b"no-store")
+_POLICY_CACHE = 4096  # (method, path) pairs whose route policy is remembered
 
 #: ``(status, title, code, detail)`` of a problem+json refusal.
 Problem = tuple[int, str, str, str]
@@ -109,7 +112,10 @@ def _has_body(headers: dict[bytes, bytes]) -> bool:
 def _request_id(headers: dict[bytes, bytes]) -> str:
     """The client's ``X-Request-ID`` when it is short and plain, else a fresh one."""
     incoming = headers.get(b"x-request-id", b"").decode("latin-1")
-    return incoming if _REQUEST_ID.match(incoming) else secrets.token_hex(8)
+    if incoming and _REQUEST_ID.match(incoming):
+        return incoming
+    # an id, not a secret: no system call (under load, each one waits for the GIL again)
+    return f"{random.getrandbits(64):016x}"
 
 
 def _has_nul(scope: Scope) -> bool:
@@ -152,11 +158,14 @@ def _media_type_problem(policy: RoutePolicy, headers: dict[bytes, bytes]) -> Pro
     )
 
 
-def _audited(method: str, status: int, ctx: audit.AuditContext) -> bool:
+def _audited(method: str, status: int, ctx: audit.AuditContext, *, quiet: bool = False) -> bool:
     """State-changing and denied requests are audited, except an anonymous 401 that no service
-    attributed: a credential flood must not grow the audit table."""
+    attributed: a credential flood must not grow the audit table. A ``quiet`` route (a
+    prediction: a POST that changes nothing, logged in the prediction log) is audited only
+    when denied."""
     anonymous_401 = status == 401 and ctx.org_id is None and ctx.resource_type is None
-    return (method in _MUTATING or status in (401, 403)) and not anonymous_401
+    mutating = method in _MUTATING and not quiet
+    return (mutating or status in (401, 403)) and not anonymous_401
 
 
 class _Exchange:
@@ -177,6 +186,7 @@ class _Exchange:
         "downstream_send",
         "extra_headers",
         "limit",
+        "oip",
         "received",
         "request_id",
         "response_started",
@@ -191,6 +201,8 @@ class _Exchange:
         if path not in _HTML_PAGES:
             self.extra_headers.append(_CSP)
         self.api = path.startswith("/api/")
+        #: the Open Inference Protocol's paths answer errors as ``{"error": …}``
+        self.oip = path == "/v2" or path.startswith("/v2/")
         self.downstream_receive = receive
         self.downstream_send = send
         self.body_timeout = body_timeout
@@ -216,7 +228,8 @@ class _Exchange:
         if self.body_done:
             return await self.downstream_receive()
         try:
-            with anyio.fail_after(self.body_timeout):
+            # asyncio's own timeout: a tenth of the cost of a cancel scope, on every request
+            async with asyncio.timeout(self.body_timeout):
                 message = await self.downstream_receive()
         except TimeoutError:
             raise BodyTimeout(self.body_timeout) from None
@@ -241,27 +254,43 @@ class PlatformMiddleware:
         metrics: HttpMetrics,
         session_factory: Callable[[], sessionmaker[Session]],
         templates: dict[int, str],
+        quiet_routes: frozenset[str] = frozenset(),
     ) -> None:
         self.app = app
+        self.quiet_routes = quiet_routes
         self.max_body = max_body_bytes
         self.max_public_body = max_public_body_bytes
         self.body_timeout = body_timeout_s
         self._policies_factory = policies
         self._policies: list[tuple[Any, RoutePolicy]] | None = None
+        self._policy_cache: dict[tuple[str, str], RoutePolicy | None] = {}
         self.authenticate = authenticate
         self.metrics = metrics
         self.session_factory = session_factory
         self.templates = templates
 
     def policy(self, scope: Scope) -> RoutePolicy | None:
-        """The policy of the route that will serve ``scope`` (None: no route matches fully)."""
+        """The policy of the route that will serve ``scope`` (None: no route matches fully).
+
+        Remembered per method and path (at most ``_POLICY_CACHE`` of them, then forgotten
+        all at once): a prediction's path repeats, and matching it against every route
+        cost more than the rest of the middleware.
+        """
+        key = (scope["method"], scope["path"])
+        if key in self._policy_cache:
+            return self._policy_cache[key]
         if self._policies is None:
             self._policies = self._policies_factory()
+        found = None
         for matcher, policy in self._policies:
             match, _ = matcher.matches(scope)
             if match is Match.FULL:
-                return policy
-        return None
+                found = policy
+                break
+        if len(self._policy_cache) >= _POLICY_CACHE:
+            self._policy_cache.clear()
+        self._policy_cache[key] = found
+        return found
 
     def body_limit(self, policy: RoutePolicy | None) -> int:
         """The route's byte limit; a public route that takes a body gets the smaller one."""
@@ -320,7 +349,11 @@ class PlatformMiddleware:
             await self.authenticate(scope)
         except AiaasError as exc:
             await self._send_error(
-                exchange.downstream_send, exc, exchange.request_id, exchange.extra_headers
+                exchange.downstream_send,
+                exc,
+                exchange.request_id,
+                exchange.extra_headers,
+                oip=exchange.oip,
             )
             exchange.status = exc.status
             return False
@@ -354,6 +387,7 @@ class PlatformMiddleware:
             detail,
             exchange.request_id,
             exchange.extra_headers,
+            oip=exchange.oip,
         )
 
     async def _after_response(
@@ -365,19 +399,27 @@ class PlatformMiddleware:
         template = route_template(scope, self.templates)
         status = exchange.status
         self.metrics.observe(method, template, status, elapsed)
-        log.info(
-            "request",
-            method=method,
-            route=template,
-            status=status,
-            duration_ms=round(elapsed * 1000, 2),
-            org_id=ctx.org_id,
-        )
-        if _audited(method, status, ctx):
+        quiet = template in self.quiet_routes
+        if not quiet or status >= 400:  # an answered prediction's record is the prediction log
+            log.info(
+                "request",
+                method=method,
+                route=template,
+                status=status,
+                duration_ms=round(elapsed * 1000, 2),
+                org_id=ctx.org_id,
+            )
+        if _audited(method, status, ctx, quiet=quiet):
             await self._audit(scope, ctx, method, template, status, exchange.request_id)
 
     async def _send_error(
-        self, send: Send, exc: AiaasError, request_id: str, extra: list[tuple[bytes, bytes]]
+        self,
+        send: Send,
+        exc: AiaasError,
+        request_id: str,
+        extra: list[tuple[bytes, bytes]],
+        *,
+        oip: bool = False,
     ) -> None:
         headers = list(extra)
         if exc.status == 401:
@@ -385,7 +427,7 @@ class PlatformMiddleware:
         if isinstance(exc, TooManyRequests) and exc.retry_after:
             headers.append((b"retry-after", str(exc.retry_after).encode()))
         await self._send_problem(
-            send, exc.status, exc.title, exc.code, exc.detail, request_id, headers
+            send, exc.status, exc.title, exc.code, exc.detail, request_id, headers, oip=oip
         )
 
     async def _send_problem(
@@ -397,14 +439,20 @@ class PlatformMiddleware:
         detail: str,
         request_id: str,
         extra: list[tuple[bytes, bytes]],
+        *,
+        oip: bool = False,
     ) -> None:
-        body = problem_body(status, title, detail, code=code, request_id=request_id)
+        if oip:
+            body, media_type = orjson.dumps({"error": detail}), b"application/json"
+        else:
+            body = problem_body(status, title, detail, code=code, request_id=request_id)
+            media_type = b"application/problem+json"
         await send(
             {
                 "type": "http.response.start",
                 "status": status,
                 "headers": [
-                    (b"content-type", b"application/problem+json"),
+                    (b"content-type", media_type),
                     (b"content-length", str(len(body)).encode()),
                     (b"connection", b"close"),
                     _NO_STORE,

@@ -16,6 +16,7 @@ from aiaas.auth.passwords import Passwords
 from aiaas.data.context import DataContext
 from aiaas.jobs.context import JobsContext
 from aiaas.monitoring.metrics import HttpMetrics
+from aiaas.serving.core import Serving
 from aiaas.settings import Settings
 from aiaas.storage import ArtifactStore
 
@@ -32,6 +33,7 @@ class AppState:
     metrics: HttpMetrics
     data: DataContext
     jobs: JobsContext
+    serving: Serving
 
 
 def app_state(app: ASGIApp) -> AppState:

@@ -3,4 +3,5 @@
 import aiaas.auth.models
 import aiaas.data.models
 import aiaas.jobs.models
-import aiaas.registry.models  # noqa: F401
+import aiaas.registry.models
+import aiaas.serving.models  # noqa: F401

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 
-from aiaas.api.deps import PageDep, SessionDep, StoreDep, require
+from aiaas.api.deps import PageDep, SessionDep, SettingsDep, StoreDep, require
 from aiaas.auth.permissions import Action
 from aiaas.auth.principal import Principal
-from aiaas.data.schemas import VERSION_MAX
+from aiaas.data.schemas import DESCRIPTION_MAX, VERSION_MAX
 from aiaas.db.pagination import Page
 from aiaas.registry import service as registry_service
 from aiaas.registry.models import ModelAlias, ModelVersion, RegisteredModel
@@ -19,6 +19,7 @@ from aiaas.registry.schemas import (
     ALIAS_MAX,
     MODEL_NAME_PATTERN,
     ONNX_FILE,
+    UPLOAD_TASKS,
     AliasSet,
     ModelAliasRead,
     ModelUpdate,
@@ -26,6 +27,7 @@ from aiaas.registry.schemas import (
     ModelVersionUpdate,
     RegisteredModelRead,
 )
+from aiaas.registry.upload import CheckedOnnx, with_onnx_upload
 from aiaas.schemas import NAME_MAX
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -53,6 +55,36 @@ AliasName = Annotated[
 ArtifactName = Annotated[
     str, PathParam(min_length=1, max_length=128, description="A file of the version.")
 ]
+#: The multipart body of ``POST /models/{name}/versions``; declaring it also gives the route
+#: the platform middleware's upload size limit (``api/route_table.py``).
+_ONNX_UPLOAD_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "The ONNX model: self-contained (no external "
+                            "data), standard operator domains only, no ZipMap output.",
+                        },
+                        "signature": {
+                            "type": "string",
+                            "description": 'JSON text: {"columns": ["a", "b"]} or {"inputs": '
+                            '[{"name": "a", "type": "float"}]}, and "classes" (optional).',
+                        },
+                        "task": {"type": "string", "enum": list(UPLOAD_TASKS)},
+                        "description": {"type": "string", "maxLength": DESCRIPTION_MAX},
+                    },
+                }
+            }
+        },
+    }
+}
 _BINARY: dict[int | str, dict[str, Any]] = {
     200: {"content": {"application/octet-stream": {"schema": {"type": "string"}}}}
 }
@@ -120,6 +152,30 @@ def list_versions(
 ) -> Page[ModelVersion]:
     """The versions of a model, newest first."""
     return registry_service.list_versions(session, principal, name, params)
+
+
+@router.post(
+    "/{name}/versions",
+    status_code=201,
+    response_model=ModelVersionRead,
+    openapi_extra=_ONNX_UPLOAD_DOC,
+)
+async def upload_version(
+    name: ModelName,
+    request: Request,
+    session: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    principal: Principal = require(Action.MODEL_WRITE),
+) -> ModelVersion:
+    """Upload an ONNX model as the next version of model ``name`` (created if it does not
+    exist); it is loaded, checked and run in a sandbox first. ``async`` only to stream the
+    body: the check and every database call run in a worker thread."""
+
+    def register(checked: CheckedOnnx) -> ModelVersion:
+        return registry_service.register_uploaded(session, principal, store, name, checked)
+
+    return await with_onnx_upload(request, settings, register)
 
 
 @router.get("/{name}/versions/{number}", response_model=ModelVersionRead)

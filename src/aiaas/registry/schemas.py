@@ -9,12 +9,29 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, cast
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    computed_field,
+    model_validator,
+)
 
-from aiaas.data.schemas import VERSION_MAX, Description, refuse_unstorable, text_problem
-from aiaas.schemas import NAME_MAX, StrictModel
+from aiaas.data.schemas import (
+    VERSION_MAX,
+    Description,
+    clean_description,
+    refuse_unstorable,
+    text_problem,
+)
+from aiaas.errors import InvalidInput
+from aiaas.schemas import NAME_MAX, StrictModel, clean_name
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 ALIAS_PATTERN = r"^[a-z][a-z0-9_\-]{0,63}$"
@@ -150,3 +167,129 @@ class ModelVersionRead(BaseModel):
     def has_onnx(self) -> bool:
         """Whether ``GET …/onnx`` has a graph to download."""
         return any(a.path == ONNX_FILE for a in self.artifacts)
+
+
+# --------------------------------------------------------------------------- ONNX uploads
+
+#: The tasks an uploaded model can have (``task`` form field; inferred when absent).
+UPLOAD_TASKS = ("binary", "multiclass", "regression")
+UploadTask = Literal["binary", "multiclass", "regression"]
+UPLOAD_FIELDS = ("signature", "task", "description")  # besides the ``file`` part
+SIGNATURE_COLUMNS_MAX = 10_000  # columns an uploaded model's signature may name
+CLASSES_MAX = 1_000  # classes of an uploaded classifier
+
+
+def column_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a column of a signature (it is used as it is: no stripping)."""
+    try:
+        cleaned = clean_name(name)
+    except ValueError as exc:
+        return str(exc)
+    if cleaned != name:
+        return "the name has leading or trailing spaces or is not NFC-normalised"
+    return None
+
+
+def _clean_column(name: str) -> str:
+    if problem := column_name_problem(name):
+        raise ValueError(problem)
+    return name
+
+
+def _clean_class(label: int | str) -> int | str:
+    if isinstance(label, str):
+        if not 1 <= len(label) <= NAME_MAX:
+            raise ValueError(f"a class label has 1 to {NAME_MAX} characters")
+        if problem := text_problem(label):
+            raise ValueError(f"a class label contains {problem}")
+    return label
+
+
+ColumnName = Annotated[str, AfterValidator(_clean_column)]
+ClassLabel = Annotated[StrictInt | StrictStr, AfterValidator(_clean_class)]
+
+
+class SignatureColumn(StrictModel):
+    """One column of an uploaded model's ``signature`` part (its type is checked against
+    the graph's, when given)."""
+
+    name: ColumnName
+    type: str | None = Field(None, max_length=32)
+
+
+class SignatureHint(_RegistryInput):
+    """The ``signature`` part of ``POST /models/{name}/versions`` (JSON text): the names of
+    the columns (``inputs`` with types, or just ``columns``) and the classes."""
+
+    inputs: list[SignatureColumn] | None = Field(None, max_length=SIGNATURE_COLUMNS_MAX)
+    columns: list[ColumnName] | None = Field(None, max_length=SIGNATURE_COLUMNS_MAX)
+    classes: list[ClassLabel] | None = Field(None, min_length=2, max_length=CLASSES_MAX)
+
+    @model_validator(mode="after")
+    def _one_list(self) -> SignatureHint:
+        if self.inputs is not None and self.columns is not None:
+            raise ValueError("give the columns either as 'inputs' or as 'columns', not both")
+        names = self.names
+        if names is not None:
+            if not names:
+                raise ValueError("the signature names no column")
+            if len({n.lower() for n in names}) != len(names):
+                raise ValueError("the signature names a column twice (regardless of case)")
+        if self.classes is not None and len(set(self.classes)) != len(self.classes):
+            raise ValueError("the signature names a class twice")
+        return self
+
+    @property
+    def names(self) -> list[str] | None:
+        """The column names it gives, in order (None: it names none)."""
+        if self.inputs is not None:
+            return [c.name for c in self.inputs]
+        return list(self.columns) if self.columns is not None else None
+
+    @property
+    def types(self) -> dict[str, str]:
+        """Column → the type it says (only those that say one)."""
+        return {c.name: c.type for c in self.inputs or [] if c.type is not None}
+
+
+class OnnxUploadForm(StrictModel):
+    """The form fields of ``POST /models/{name}/versions`` beside the ``file`` part."""
+
+    signature: SignatureHint | None = None
+    task: UploadTask | None = None
+    description: Description | None = None
+
+
+def _error_text(exc: ValidationError) -> str:
+    first = exc.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
+
+
+def onnx_upload_form(fields: dict[str, str]) -> OnnxUploadForm:
+    """The upload's form fields, checked; 422 naming the field (and the part of the
+    signature) that is wrong."""
+    unknown = sorted(set(fields) - set(UPLOAD_FIELDS))
+    if unknown:
+        allowed = ", ".join(("file", *UPLOAD_FIELDS))
+        raise InvalidInput(f"unknown form field {unknown[0][:100]!r} (the fields are {allowed})")
+    hint = None
+    if (text := fields.get("signature", "").strip()) != "":
+        try:
+            hint = SignatureHint.model_validate_json(text)
+        except ValidationError as exc:
+            if any(e["type"] == "json_invalid" for e in exc.errors()):
+                raise InvalidInput("invalid signature: it is not valid JSON") from None
+            raise InvalidInput(f"invalid signature: {_error_text(exc)}") from None
+    task: UploadTask | None = None
+    if raw_task := fields.get("task"):
+        if raw_task not in UPLOAD_TASKS:
+            raise InvalidInput(f"invalid task: it is one of {', '.join(UPLOAD_TASKS)}")
+        task = cast(UploadTask, raw_task)
+    try:
+        description = fields.get("description") or None
+        description = None if description is None else clean_description(description)
+    except ValueError as exc:
+        raise InvalidInput(f"invalid description: {exc}") from None
+    return OnnxUploadForm.model_construct(signature=hint, task=task, description=description)

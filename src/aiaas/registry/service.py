@@ -1,8 +1,9 @@
 """Registered models, their versions and aliases: the use cases of the registry.
 
 Request functions take ``(session, principal, …)`` (and the artifact ``store`` where bytes
-are read or deleted); :func:`register_trained` and :func:`purge_files` are system functions
-for the jobs worker. Invariants (see also :mod:`aiaas.registry.models`):
+are read, written or deleted; :func:`register_uploaded` adds a version from an ONNX upload
+checked by :mod:`aiaas.registry.upload`); :func:`register_trained` and :func:`purge_files`
+are system functions for the jobs worker. Invariants (see also :mod:`aiaas.registry.models`):
 
 - every tenant query starts from ``scoped(select(...), principal)``: another organization's
   model is a 404, never a 403, and never listed;
@@ -24,7 +25,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import structlog
 from sqlalchemy import event, func, inspect, select, update
@@ -44,6 +45,9 @@ from aiaas.registry.models import ModelAlias, ModelVersion, RegisteredModel
 from aiaas.registry.schemas import ONNX_FILE, alias_problem, model_name_problem
 from aiaas.storage import ArtifactStore
 
+if TYPE_CHECKING:
+    from aiaas.registry.upload import CheckedOnnx
+
 log = structlog.get_logger()
 
 #: Says why a version is in use (``"endpoint 'churn' serves it"``), or None when it is not.
@@ -53,6 +57,8 @@ _IN_USE_CHECKS: list[InUseCheck] = []
 _FOUND: weakref.WeakSet[ModelVersion] = weakref.WeakSet()
 _CHUNK = 1024 * 1024
 _MEDIA_TYPES = {".json": "application/json", ".onnx": "application/octet-stream"}
+#: The ``metric`` of an uploaded version: nobody here scored it.
+UPLOADED_METRIC = "none"
 
 
 # --------------------------------------------------------------------------- in use
@@ -75,6 +81,20 @@ def _aliased(session: Session, version: ModelVersion) -> str | None:
     if len(names) == 1:
         return f"the alias {names[0]} names it"
     return f"the aliases {', '.join(names)} name it"
+
+
+#: Runs when an alias moves (``version``: its new target) or is deleted (``version`` None),
+#: in the same transaction; may raise (serving refuses a move its endpoints cannot serve).
+AliasHook = Callable[[Session, RegisteredModel, str, ModelVersion | None], None]
+_ALIAS_HOOKS: list[AliasHook] = []
+
+
+def register_alias_hook(hook: AliasHook) -> AliasHook:
+    """Add a hook that sees every alias move and deletion (serving bumps the revision of
+    the endpoints that follow the alias)."""
+    if hook not in _ALIAS_HOOKS:
+        _ALIAS_HOOKS.append(hook)
+    return hook
 
 
 def in_use_reasons(session: Session, version: ModelVersion) -> list[str]:
@@ -277,6 +297,8 @@ def set_alias(
         .execution_options(populate_existing=True)
     )
     assert row is not None  # just written in this transaction
+    for hook in _ALIAS_HOOKS:
+        hook(session, model, alias, target)
     return row
 
 
@@ -287,8 +309,49 @@ def delete_alias(session: Session, principal: Principal, name: str, alias: str) 
     model = get_model(session, principal, name)
     row = _alias_row(session, principal, model, alias)
     audit.set_resource("model_alias", model.id, model=model.name, alias=alias)
+    for hook in _ALIAS_HOOKS:
+        hook(session, model, alias, None)
     session.delete(row)
     session.flush()
+
+
+def register_uploaded(
+    session: Session,
+    principal: Principal,
+    store: ArtifactStore,
+    name: str,
+    checked: CheckedOnnx,
+) -> ModelVersion:
+    """Register an uploaded ONNX file, already checked in the sandbox, as the next version
+    of model ``name`` (created when the organization has none of that name).
+
+    Bytes first, row second: ``model.onnx`` is stored (atomically) under a fresh prefix
+    before the row is added, and deleted again if adding it fails; a failed commit leaves
+    files without a row, which :func:`aiaas.registry.sweep.sweep_orphans` removes.
+    """
+    audit.set_resource("model_version", None, model=name[:200], source="upload")
+    if problem := model_name_problem(name):
+        raise InvalidInput(problem)
+    model = _model_for(session, principal.org_id, name, principal.actor_id)
+    version_id = new_id("mv")  # the key needs the id before the row exists
+    prefix = f"models/{model.id}/{version_id}"
+    try:
+        store.put_file(principal.org_id, f"{prefix}/{ONNX_FILE}", checked.path)
+        number = _next_number(session, model)
+        version = _version_row(_uploaded_content(checked), model, number, version_id, prefix)
+        version.created_by = principal.actor_id
+        session.add(version)
+        session.flush()
+        # loaded here, in the caller's thread: the response reads it after the session closed
+        session.refresh(version, attribute_names=["aliases"])
+    except BaseException:
+        _discard(store, principal.org_id, prefix)
+        raise
+    audit.set_resource(
+        "model_version", version.id, model=model.name, number=number, source="upload"
+    )
+    log.info("model_version_uploaded", model_id=model.id, number=number, bytes=checked.size)
+    return version
 
 
 def delete_version(
@@ -374,7 +437,8 @@ def register_trained(
     try:
         artifacts.upload(store, org_id, prefix, saved.files)
         number = _next_number(session, model)
-        version = _version_row(saved, model, number, version_id, prefix, lineage, extra_metrics)
+        content = _trained_content(saved, lineage, extra_metrics)
+        version = _version_row(content, model, number, version_id, prefix)
         version.job_id, version.created_by = job_id, created_by
         session.add(version)
         session.flush()
@@ -450,22 +514,65 @@ def _next_number(session: Session, model: RegisteredModel) -> int:
     return model.last_number
 
 
+@dataclass(frozen=True)
+class _Content:
+    """What a new version row holds besides its keys, and what its card is written from."""
+
+    task: str
+    metric: str
+    metrics: dict[str, Any]
+    signature: dict[str, Any]
+    lineage: dict[str, Any]
+    report: dict[str, Any]  # kept with the version
+    card_report: dict[str, Any]  # what the card reads (a trained model's full report)
+    feature_importance: list[dict[str, Any]]
+    leaderboard: list[dict[str, Any]]
+    artifacts: list[dict[str, Any]]
+    size_bytes: int
+
+
+def _trained_content(
+    saved: artifacts.SavedModel, lineage: dict[str, Any], extra_metrics: dict[str, Any] | None
+) -> _Content:
+    return _Content(
+        task=str(saved.manifest["task"]),
+        metric=str(saved.manifest["metric"]),
+        metrics=artifacts.metrics(saved, extra_metrics),
+        signature=artifacts.signature(saved),
+        lineage=artifacts.storable(dict(lineage)),
+        report=artifacts.version_report(saved),
+        card_report=saved.report,
+        feature_importance=saved.feature_importance,
+        leaderboard=saved.leaderboard,
+        artifacts=[f.entry() for f in saved.files],
+        size_bytes=saved.size_bytes,
+    )
+
+
+def _uploaded_content(checked: CheckedOnnx) -> _Content:
+    report = artifacts.storable(checked.report())
+    return _Content(
+        task=checked.task,
+        metric=UPLOADED_METRIC,
+        metrics={},
+        signature=artifacts.storable(checked.signature),
+        lineage=artifacts.storable(checked.lineage()),
+        report=report,
+        card_report=report,
+        feature_importance=[],
+        leaderboard=[],
+        artifacts=[checked.entry()],
+        size_bytes=checked.size,
+    )
+
+
 def _version_row(
-    saved: artifacts.SavedModel,
-    model: RegisteredModel,
-    number: int,
-    version_id: str,
-    prefix: str,
-    lineage: dict[str, Any],
-    extra_metrics: dict[str, Any] | None,
+    content: _Content, model: RegisteredModel, number: int, version_id: str, prefix: str
 ) -> ModelVersion:
-    task, metric = str(saved.manifest["task"]), str(saved.manifest["metric"])
-    metrics = artifacts.metrics(saved, extra_metrics)
-    signature = artifacts.signature(saved)
-    lineage = artifacts.storable(dict(lineage))
+    c = content
     card = CardInput(
-        model.name, number, task, metric, metrics, saved.report, lineage, signature,
-        saved.feature_importance, saved.leaderboard,
+        model.name, number, c.task, c.metric, c.metrics, c.card_report, c.lineage, c.signature,
+        c.feature_importance, c.leaderboard,
     )  # fmt: skip
     return ModelVersion(
         id=version_id,
@@ -473,16 +580,16 @@ def _version_row(
         model_id=model.id,
         org_id=model.org_id,
         number=number,
-        task=task,
-        metric=metric,
-        metrics=metrics,
-        signature=signature,
-        lineage=lineage,
-        feature_importance=saved.feature_importance or None,
+        task=c.task,
+        metric=c.metric,
+        metrics=c.metrics,
+        signature=c.signature,
+        lineage=c.lineage,
+        feature_importance=c.feature_importance or None,
         card=render_card(card),
-        report=artifacts.version_report(saved),
-        artifacts=[f.entry() for f in saved.files],
-        size_bytes=saved.size_bytes,
+        report=c.report,
+        artifacts=c.artifacts,
+        size_bytes=c.size_bytes,
         storage_prefix=prefix,
         tags={},
     )

@@ -1,0 +1,1 @@
+"""Endpoints and online prediction: deploy model versions, serve them fast and safely."""
