@@ -27,8 +27,8 @@ $(STAMP): requirements.lock pyproject.toml
 
 install: $(STAMP) ## create .venv and install the locked dependencies
 
-run: $(STAMP) ## start the platform on http://$(HOST):$(PORT)
-	$(BIN)/aiaas serve --host $(HOST) --port $(PORT)
+run: $(STAMP) ## start the platform on http://$(HOST):$(PORT) with a demo model behind the endpoint 'demo'
+	$(BIN)/aiaas serve --demo --host $(HOST) --port $(PORT)
 
 test: $(STAMP) ## run the test suite with the coverage floor (PostgreSQL tests run when AIAAS_TEST_POSTGRES_URL is set)
 	$(BIN)/python -m pytest -n 2 -q $(COV) --cov-report=

@@ -89,9 +89,17 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    demo: Annotated[
+        bool,
+        typer.Option(
+            "--demo",
+            help="Also set up, in the background, a demo: organization 'demo', a sample "
+            "dataset, a model trained on it and the endpoint 'demo'; prints a ready curl line.",
+        ),
+    ] = False,
 ) -> None:
     """Migrate the database and serve the platform (API, docs, metrics) with embedded job
-    workers."""
+    workers (and, with --demo, a demo model behind an endpoint)."""
     import os
 
     import uvicorn
@@ -136,6 +144,10 @@ def serve(
     stop_jobs = threading.Event()
     count = settings.jobs.workers if job_workers is None else job_workers
     runtime.start(settings, count, stop_jobs)
+    if demo:
+        from aiaas.cli import demo as demo_setup
+
+        demo_setup.start(settings, base, job_workers=count)
     uvicorn.run(
         "aiaas.api.asgi:app",
         host=host,

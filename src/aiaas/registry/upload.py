@@ -80,6 +80,12 @@ _FILENAME_UNSAFE = re.compile(r"[^A-Za-z0-9._\-]+")
 _FILENAME_MAX = 128
 _TEXT_MAX = 200  # producer name/version, type names, kept as they are otherwise
 _DIMS_MAX = 32
+#: Tags of ModelProto's fields (number << 3 | wire type): ir_version 1 and model_version 5
+#: (varint), producer name/version, domain, doc string, graph, opset imports, metadata
+#: props 14 (length-delimited), and the first byte of training_info 20 / functions 25.
+MODEL_PROTO_FIRST_BYTES = frozenset(
+    {0x08, 0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72, 0xA2, 0xCA}
+)
 _ONE_COLUMN = ((), (1,), (None,))  # the shapes after the rows of a one-column input
 
 
@@ -552,6 +558,15 @@ def clean_filename(raw: str | None) -> str | None:
     return name or None
 
 
+def looks_like_protobuf(first: bytes) -> bool:
+    """Whether a file's first byte can start a serialized ``ModelProto``: the tag of one of
+    its fields with that field's wire type (``MODEL_PROTO_FIRST_BYTES``; serializers write
+    ``ir_version``, 0x08, first). Refuses a PNG, a ZIP, a pickle or a text file at once,
+    without starting the sandboxed check (which alone costs seconds); whatever passes is
+    checked in full there."""
+    return bool(first) and first[0] in MODEL_PROTO_FIRST_BYTES
+
+
 def check_upload(
     settings: Settings,
     work: Path,
@@ -565,6 +580,10 @@ def check_upload(
     """Check the received file ``src`` and build what its version is made of (blocking)."""
     if size == 0:
         raise InvalidInput(f"{NOT_LOADED}: the file is empty")
+    with src.open("rb") as handle:
+        first = handle.read(1)
+    if not looks_like_protobuf(first):
+        raise InvalidInput(f"{NOT_LOADED}: it is not an ONNX (protobuf) file")
     names = form.signature.names if form.signature else None
     child_dir = work / "check"
     child_dir.mkdir(mode=0o700)
