@@ -301,6 +301,28 @@ class JobsSettings(BaseModel):
         description="Landlock for training processes (read only the dataset version, write "
         "only the output directory, no TCP). Switch off only on a kernel that refuses it.",
     )
+    batch_chunk_rows: int = Field(
+        50_000,
+        ge=1,
+        le=10_000_000,
+        description="Rows a batch prediction reads, predicts and writes at a time (its "
+        "progress and cancel points).",
+    )
+    batch_timeout_s: float = Field(
+        6 * 3600.0,
+        gt=0,
+        description="Wall-clock limit of one batch prediction's scoring process.",
+    )
+    batch_address_space_bytes: int = Field(
+        8 * 1024 * MiB,
+        ge=0,
+        description="Address-space limit (RLIMIT_AS) of a batch scoring process; 0 = unlimited.",
+    )
+    batch_max_file_bytes: int = Field(
+        64 * 1024 * MiB,
+        ge=1,
+        description="Largest file (the scored Parquet) a batch scoring process may write.",
+    )
 
 
 class RegistrySettings(BaseModel):
@@ -316,6 +338,25 @@ class RegistrySettings(BaseModel):
         4 * 1024 * MiB,
         ge=0,
         description="Address-space limit (RLIMIT_AS) of the process that checks an upload.",
+    )
+    quantize_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        le=6 * 3600,
+        description="Wall-clock limit of the sandboxed process that quantizes a version and "
+        "measures both graphs on the reference rows.",
+    )
+    quantize_address_space_bytes: int = Field(
+        4 * 1024 * MiB,
+        ge=0,
+        description="Address-space limit (RLIMIT_AS) of the quantizing process; 0 = unlimited.",
+    )
+    quantize_reference_rows: int = Field(
+        20_000,
+        ge=1,
+        le=1_000_000,
+        description="Rows of the reference dataset a quantization is measured on (the "
+        "first ones, in the dataset's order).",
     )
 
 

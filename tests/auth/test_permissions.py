@@ -48,6 +48,8 @@ EXPECTED = {
     Action.ENDPOINT_WRITE: {"owner", "admin", "developer"},
     Action.ENDPOINT_DELETE: {"owner", "admin", "developer"},
     Action.PREDICT: {"owner", "admin", "developer", "viewer"},
+    Action.BATCH_READ: {"owner", "admin", "developer", "viewer"},
+    Action.BATCH_WRITE: {"owner", "admin", "developer"},
 }
 
 

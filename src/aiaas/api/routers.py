@@ -6,6 +6,7 @@ from aiaas.auth.router import router as auth_router
 from aiaas.data.router import router as data_router
 from aiaas.jobs.router import router as jobs_router
 from aiaas.registry.router import router as registry_router
+from aiaas.serving.batch_router import router as batch_router
 from aiaas.serving.router import router as serving_router
 
 ROUTERS: list[APIRouter] = [
@@ -14,4 +15,5 @@ ROUTERS: list[APIRouter] = [
     jobs_router,
     registry_router,
     serving_router,
+    batch_router,
 ]

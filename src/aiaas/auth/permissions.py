@@ -49,6 +49,9 @@ class Action(StrEnum):
     ENDPOINT_WRITE = "endpoint:write"
     ENDPOINT_DELETE = "endpoint:delete"
     PREDICT = "endpoint:predict"
+    # batch prediction
+    BATCH_READ = "batch:read"
+    BATCH_WRITE = "batch:write"
 
 
 _VIEWER = frozenset(
@@ -60,6 +63,7 @@ _VIEWER = frozenset(
         Action.MODEL_READ,
         Action.ENDPOINT_READ,
         Action.PREDICT,
+        Action.BATCH_READ,
     }
 )
 _DEVELOPER = _VIEWER | {
@@ -70,6 +74,7 @@ _DEVELOPER = _VIEWER | {
     Action.MODEL_DELETE,
     Action.ENDPOINT_WRITE,
     Action.ENDPOINT_DELETE,
+    Action.BATCH_WRITE,
 }
 _ADMIN = _DEVELOPER | {
     Action.MEMBER_READ,

@@ -47,3 +47,20 @@ def training_limits(settings: Settings, budget_s: float) -> ChildLimits:
         max_output_bytes=TRAINING_OUTPUT_BYTES,
         open_files=TRAINING_OPEN_FILES,
     )
+
+
+BATCH_OUTPUT_BYTES = 16 * 1024 * 1024  # progress lines (tens of bytes per chunk), one answer
+BATCH_OPEN_FILES = 256
+
+
+def batch_limits(settings: Settings) -> ChildLimits:
+    """The sandbox of one batch scoring process (:mod:`aiaas.serving.batch_worker`)."""
+    j = settings.jobs
+    return ChildLimits(
+        timeout_s=j.batch_timeout_s,
+        cpu_s=int(j.batch_timeout_s * training_threads(settings) * 2) + 30,
+        address_bytes=j.batch_address_space_bytes,
+        max_file_bytes=j.batch_max_file_bytes,
+        max_output_bytes=BATCH_OUTPUT_BYTES,
+        open_files=BATCH_OPEN_FILES,
+    )

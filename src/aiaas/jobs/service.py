@@ -157,6 +157,13 @@ def _check_quotas(
         )
     if body.time_budget_s < jobs.min_time_budget_s:
         raise InvalidInput(f"time_budget_s must be at least {jobs.min_time_budget_s:g} s")
+    check_waiting(session, principal, ctx)
+
+
+def check_waiting(session: Session, principal: Principal, ctx: JobsContext) -> None:
+    """429 when the organization already has ``max_queued_per_org`` jobs (of any kind)
+    waiting."""
+    jobs = ctx.settings.jobs
     waiting = session.scalar(
         select(func.count()).select_from(
             scoped(select(Job.id), principal).where(Job.status == QUEUED).subquery()
@@ -172,11 +179,16 @@ def _check_quotas(
 
 def cancel_job(session: Session, principal: Principal, job_id: str) -> Job:
     """Cancel a queued job at once; ask a running one to stop (its worker kills it)."""
-    job = get_job(session, principal, job_id)
+    return cancel(session, get_job(session, principal, job_id), "training_job")
+
+
+def cancel(session: Session, job: Job, resource_type: str) -> Job:
+    """Cancel ``job`` (of any kind, already read through ``scoped()``): a queued one at
+    once, a running one by asking its worker; a finished one is a 409."""
     if job.status in TERMINAL:
         raise Conflict(f"the job has already {job.status}")
     if job.status == QUEUED and queue.cancel_queued(session, job):
-        audit.set_resource("training_job", job.id, status="cancelled")
+        audit.set_resource(resource_type, job.id, status="cancelled")
         return job
     session.execute(
         update(Job)
@@ -188,7 +200,7 @@ def cancel_job(session: Session, principal: Principal, job_id: str) -> Job:
     session.refresh(job)
     if job.status in TERMINAL and not job.cancel_requested:
         raise Conflict(f"the job has already {job.status}")
-    audit.set_resource("training_job", job.id, cancel_requested=True)
+    audit.set_resource(resource_type, job.id, cancel_requested=True)
     return job
 
 
@@ -209,7 +221,14 @@ def events_after(
     session: Session, principal: Principal, job_id: str, after: int
 ) -> tuple[Job, list[JobEvent]]:
     """The job (now) and its events numbered above ``after``, oldest first."""
-    job = get_job(session, principal, job_id)
+    return job_events(session, principal, get_job(session, principal, job_id), after)
+
+
+def job_events(
+    session: Session, principal: Principal, job: Job, after: int
+) -> tuple[Job, list[JobEvent]]:
+    """``job`` (of any kind, already read through ``scoped()``) and its events numbered
+    above ``after``, oldest first."""
     stmt = (
         scoped(select(JobEvent), principal)
         .where(JobEvent.job_id == job.id, JobEvent.id > after)

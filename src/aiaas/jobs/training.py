@@ -62,7 +62,9 @@ MAX_LINE_BYTES = 1 << 20
 
 def handlers(ctx: JobsContext) -> dict[str, Handler]:
     """The handlers a worker of this app runs, by job kind."""
-    return {KIND: lambda run: run_training(ctx, run)}
+    from aiaas.serving import batch  # batch.predict (serving imports the jobs domain)
+
+    return {KIND: lambda run: run_training(ctx, run), **batch.handlers(ctx)}
 
 
 def worker_setup(ctx: JobsContext) -> Callable[[], None] | None:

@@ -22,7 +22,8 @@ from sqlalchemy.orm import Session
 
 from aiaas.serving import predictor as predictors
 from aiaas.serving.predictor import ModelLoadError, Predictor
-from aiaas.serving.service import EndpointView, VersionView, load_views, revisions
+from aiaas.serving.service import load_views, revisions
+from aiaas.serving.views import EndpointView, VersionView
 from aiaas.storage import ArtifactStore
 
 log = structlog.get_logger("aiaas.serving")

@@ -34,7 +34,7 @@ from aiaas.serving import payload
 from aiaas.serving.cache import EndpointCache, ModelCache
 from aiaas.serving.predictor import ModelLoadError, Predictor, Table, Values
 from aiaas.serving.predlog import LoggedBatch, PredictionLog
-from aiaas.serving.service import EndpointView, VersionView
+from aiaas.serving.views import EndpointView, VersionView
 from aiaas.settings import Settings
 from aiaas.storage import ArtifactStore
 

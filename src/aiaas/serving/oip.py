@@ -58,7 +58,7 @@ from aiaas.errors import AiaasError, InvalidInput, NotFound, ServiceUnavailable
 from aiaas.serving import payload
 from aiaas.serving.core import Answer, Serving, answer_headers, choose, prediction_ids
 from aiaas.serving.predictor import Predictor, Table
-from aiaas.serving.service import EndpointView, VersionView
+from aiaas.serving.views import EndpointView, VersionView
 
 log = structlog.get_logger("aiaas.serving")
 

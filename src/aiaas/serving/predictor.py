@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from aiaas.errors import InvalidInput
-from aiaas.serving.service import VersionView
+from aiaas.serving.views import VersionView
 from aiaas.storage import ArtifactStore
 
 #: Column values of one request: a Python list (JSON) or a 1-D numpy array (tensors).

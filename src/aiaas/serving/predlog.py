@@ -26,7 +26,7 @@ import structlog
 from numpy.typing import NDArray
 
 from aiaas.serving.predictor import Predictor, Table
-from aiaas.serving.service import EndpointView
+from aiaas.serving.views import EndpointView
 from aiaas.storage import ArtifactStore
 
 log = structlog.get_logger("aiaas.serving")

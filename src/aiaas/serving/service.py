@@ -19,7 +19,6 @@ organization's endpoints, by design: one process serves them all). Invariants (s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -34,6 +33,7 @@ from aiaas.registry.models import ModelAlias, ModelVersion, RegisteredModel
 from aiaas.registry.schemas import alias_problem
 from aiaas.serving.models import Endpoint, EndpointRevision
 from aiaas.serving.schemas import TOTAL_WEIGHT, EndpointCreate, EndpointUpdate
+from aiaas.serving.views import EndpointView, VersionView
 
 _NAME_MAX = 100
 
@@ -405,40 +405,6 @@ def _alias_moved(
 
 
 # --------------------------------------------------------------------------- serving view
-
-
-@dataclass(frozen=True)
-class VersionView:
-    """What a worker needs to load and call one model version."""
-
-    id: str
-    org_id: str
-    model_name: str
-    number: int
-    task: str
-    signature: dict[str, Any]
-    artifacts: tuple[str, ...]
-    storage_prefix: str
-    size_bytes: int
-
-
-@dataclass(frozen=True)
-class EndpointView:
-    """One endpoint at one revision, resolved to versions (immutable: swapped, never edited)."""
-
-    id: str
-    org_id: str
-    name: str
-    model_name: str
-    revision: int
-    #: ``(version, cumulative weight)``: a draw in [0, 100) takes the first above it.
-    routes: tuple[tuple[VersionView, int], ...]
-    shadow: VersionView | None
-    unknown_categories: str
-
-    def versions(self) -> list[VersionView]:
-        found = [v for v, _ in self.routes]
-        return [*found, self.shadow] if self.shadow else found
 
 
 def revisions(session: Session) -> dict[str, int]:
