@@ -19,7 +19,7 @@ from aiaas.data.scratch import scratch_root
 from aiaas.db import get_session_factory
 from aiaas.registry.models import ModelVersion
 from aiaas.serving import predictor as serving
-from aiaas.serving.service import VersionView
+from aiaas.serving.views import VersionView
 from aiaas.storage import ArtifactStore, get_store
 from tests.helpers import assert_cross_tenant_404, assert_not_listed, assert_problem
 from tests.registry import onnx_factory as factory

@@ -65,6 +65,7 @@ def render_card(card: CardInput) -> str:
     sections = [
         f"# {md(card.model_name)} — version {card.number}",
         _overview(card),
+        _origin(card),
         _scores(card),
         _data(card),
         _signature(card.signature),
@@ -92,8 +93,77 @@ def _overview(card: CardInput) -> str:
     return "\n".join(lines)
 
 
+def _is_number(value: Any) -> bool:
+    return _num(value) != "—"
+
+
+def _source(card: CardInput) -> str | None:
+    """``upload`` or ``quantized`` for a version the platform did not train, else None."""
+    source = card.lineage.get("source")
+    return source if source in ("upload", "quantized") else None
+
+
+def _origin(card: CardInput) -> str:
+    """Where a version the platform did not train came from."""
+    lineage = card.lineage
+    if _source(card) == "upload":
+        lines = ["## Origin", "- Uploaded as an ONNX file"]
+        if lineage.get("filename"):
+            lines.append(f"- File name: {md(lineage['filename'])}")
+        if lineage.get("sha256"):
+            lines.append(f"- SHA-256: {code(lineage['sha256'])}")
+        if lineage.get("description"):
+            lines.append(f"- Description: {md(lineage['description'])}")
+        return "\n".join(lines)
+    if _source(card) == "quantized":
+        return _quantized(card)
+    return ""
+
+
+def _quantized(card: CardInput) -> str:
+    """A quantized version: its source, reference dataset, and both models measured."""
+    ref = card.metrics.get("reference")
+    ref = ref if isinstance(ref, dict) else {}
+    before, after = card.metrics.get("source"), card.metrics.get("quantized")
+    before, after = (x if isinstance(x, dict) else {} for x in (before, after))
+    number = _num(card.lineage.get("from_version"))
+    lines = [
+        "## Origin",
+        f"- Quantized from version {number}: dynamic quantization, 8-bit integer weights",
+        f"- Reference: dataset {code(ref.get('dataset_id'))} version {_num(ref.get('version'))}"
+        f", {_num(ref.get('rows'))} rows (scored: {_num(ref.get('rows_scored'))}), "
+        f"target {md(ref.get('target'))}",
+        "",
+        f"| measured on the reference rows | version {number} | quantized |",
+        "|---|---|---|",
+    ]
+    scores_b, scores_a = before.get("scores"), after.get("scores")
+    if isinstance(scores_b, dict) and isinstance(scores_a, dict):
+        for key in list(scores_b)[:10]:
+            lines.append(f"| {md(key)} | {_num(scores_b[key])} | {_num(scores_a.get(key))} |")
+    for key, label in (("1_row", "1 row"), ("64_rows", "64 rows")):
+        cells = [_latency(side, key) for side in (before, after)]
+        lines.append(f"| latency, {label} (ms, median / p99) | {cells[0]} | {cells[1]} |")
+    sizes = (_num(before.get("size_bytes")), _num(after.get("size_bytes")))
+    lines.append(f"| file size (bytes) | {sizes[0]} | {sizes[1]} |")
+    if _is_number(card.metrics.get("agreement")):
+        share = card.metrics["agreement"]
+        lines.append(f"\nBoth predict the same class for {100 * share:.4g} % of the rows.")
+    return "\n".join(lines)
+
+
+def _latency(side: dict[str, Any], key: str) -> str:
+    latency = side.get("latency_ms")
+    entry = latency.get(key) if isinstance(latency, dict) else None
+    if not isinstance(entry, dict):
+        return "—"
+    return f"{_num(entry.get('median'))} / {_num(entry.get('p99'))}"
+
+
 def _scores(card: CardInput) -> str:
     m = card.metrics
+    if not any(_is_number(m.get(k)) for k in ("cv_score", "cv_score_std", "holdout_score")):
+        return ""  # no training scores (an uploaded or quantized version)
     lines = [
         "## Scores",
         f"| score | {md(card.metric)} |",
@@ -176,6 +246,17 @@ def _warnings(report: dict[str, Any]) -> str:
 
 
 def _limits(card: CardInput) -> str:
+    source = _source(card)
+    if source == "upload":
+        return (
+            "## Limits\n- The platform neither trained nor scored this model; check it on "
+            "your own data before you rely on it."
+        )
+    if source == "quantized":
+        return (
+            "## Limits\n- The scores above were measured on the reference rows only; they "
+            "say nothing about data from another population or time."
+        )
     lines = ["## Training and limits"]
     timings = card.report.get("timings")
     if isinstance(timings, dict):

@@ -26,6 +26,7 @@ from aiaas.registry.schemas import (
     ModelVersionRead,
     ModelVersionUpdate,
     RegisteredModelRead,
+    VersionQuantize,
 )
 from aiaas.registry.upload import CheckedOnnx, with_onnx_upload
 from aiaas.schemas import NAME_MAX
@@ -212,6 +213,32 @@ def delete_version(
     """Delete a version and all its files (409 while an alias or an endpoint uses it)."""
     registry_service.delete_version(session, principal, store, name, number)
     return Response(status_code=204)
+
+
+@router.post("/{name}/versions/{number}/quantize", status_code=201, response_model=ModelVersionRead)
+def quantize_version(
+    name: ModelName,
+    number: VersionNumber,
+    body: VersionQuantize,
+    session: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    principal: Principal = require(Action.MODEL_WRITE),
+) -> ModelVersion:
+    """Quantize the version's ONNX graph (8-bit integer weights) into the model's next
+    version, with the accuracy, latency and size of both measured on a reference dataset
+    (its ``metrics``); the work runs in a sandbox."""
+    return registry_service.quantize_version(
+        session,
+        principal,
+        store,
+        settings,
+        name,
+        number,
+        dataset_id=body.dataset_id,
+        dataset_version=body.dataset_version,
+        target=body.target,
+    )
 
 
 @router.get(

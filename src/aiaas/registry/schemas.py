@@ -293,3 +293,21 @@ def onnx_upload_form(fields: dict[str, str]) -> OnnxUploadForm:
     except ValueError as exc:
         raise InvalidInput(f"invalid description: {exc}") from None
     return OnnxUploadForm.model_construct(signature=hint, task=task, description=description)
+
+
+# --------------------------------------------------------------------------- quantization
+
+
+class VersionQuantize(_RegistryInput):
+    """``POST …/versions/{n}/quantize``: the reference dataset the quantized graph is
+    measured on, and its target column."""
+
+    dataset_id: str = Field(min_length=1, max_length=64, description="The reference dataset.")
+    dataset_version: int | None = Field(
+        None, ge=1, le=VERSION_MAX, description="Its version (default: the latest)."
+    )
+    target: ColumnName | None = Field(
+        None,
+        description="The column with the true label or value (default: the target the "
+        "version was trained on; required for an uploaded version).",
+    )

@@ -2,8 +2,10 @@
 
 Request functions take ``(session, principal, …)`` (and the artifact ``store`` where bytes
 are read, written or deleted; :func:`register_uploaded` adds a version from an ONNX upload
-checked by :mod:`aiaas.registry.upload`); :func:`register_trained` and :func:`purge_files`
-are system functions for the jobs worker. Invariants (see also :mod:`aiaas.registry.models`):
+checked by :mod:`aiaas.registry.upload`; :func:`quantize_version` adds a quantized copy of
+a version, made and measured by :mod:`aiaas.registry.quantize`); :func:`register_trained`
+and :func:`purge_files` are system functions for the jobs worker. Invariants (see also
+:mod:`aiaas.registry.models`):
 
 - every tenant query starts from ``scoped(select(...), principal)``: another organization's
   model is a 404, never a 403, and never listed;
@@ -21,6 +23,7 @@ are system functions for the jobs worker. Invariants (see also :mod:`aiaas.regis
 
 from __future__ import annotations
 
+import hashlib
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,6 +39,7 @@ from sqlalchemy.orm import Session
 from aiaas.auth import audit
 from aiaas.auth.principal import Principal
 from aiaas.data.schemas import VERSION_MAX
+from aiaas.data.scratch import work_dir
 from aiaas.db.base import new_id, scoped, utcnow
 from aiaas.db.pagination import Page, PageParams, paginate
 from aiaas.errors import Conflict, InvalidInput, NotFound
@@ -43,9 +47,11 @@ from aiaas.registry import artifacts
 from aiaas.registry.card import CardInput, render_card
 from aiaas.registry.models import ModelAlias, ModelVersion, RegisteredModel
 from aiaas.registry.schemas import ONNX_FILE, alias_problem, model_name_problem
+from aiaas.settings import Settings
 from aiaas.storage import ArtifactStore
 
 if TYPE_CHECKING:
+    from aiaas.registry.quantize import QuantizedOnnx
     from aiaas.registry.upload import CheckedOnnx
 
 log = structlog.get_logger()
@@ -354,6 +360,97 @@ def register_uploaded(
     return version
 
 
+def quantize_version(
+    session: Session,
+    principal: Principal,
+    store: ArtifactStore,
+    settings: Settings,
+    name: str,
+    number: int,
+    *,
+    dataset_id: str,
+    dataset_version: int | None = None,
+    target: str | None = None,
+) -> ModelVersion:
+    """Quantize version ``number`` of model ``name`` (its ONNX graph's weights as 8-bit
+    integers) into the model's next version, measured against the source on a reference
+    dataset version (:mod:`aiaas.registry.quantize`; the work runs in a sandboxed child).
+
+    422 for a version without an ONNX graph, a graph with nothing to quantize, a dataset
+    without a column the model takes or without the target, or no target to measure
+    with; 404 for another organization's model or dataset. Bytes first, row second, as
+    :func:`register_uploaded`; nothing is written before the child has answered.
+    """
+    from aiaas.registry import quantize  # the upload check and the data domain: on demand
+
+    audit.set_resource("model_version", None, model=name[:200], source="quantized")
+    source = get_version(session, principal, name, number)
+    if not any(a.get("path") == ONNX_FILE for a in source.artifacts or []):
+        raise InvalidInput(
+            f"version {number} of model {source.model_name!r} has no ONNX graph to quantize"
+        )
+    ref = quantize.reference_for(
+        session, principal, store, settings, source,
+        dataset_id=dataset_id, dataset_version=dataset_version, target=target,
+    )  # fmt: skip
+    with work_dir(settings) as work:
+        quantized = quantize.quantize_in_sandbox(settings, store, source, ref, work)
+        version = _register_quantized(session, principal, store, quantized)
+    audit.set_resource(
+        "model_version", version.id, model=source.model_name, number=version.number,
+        source="quantized", from_version=number,
+    )  # fmt: skip
+    log.info(
+        "model_version_quantized",
+        model_id=source.model_id,
+        number=version.number,
+        from_version=number,
+        bytes=quantized.size,
+        source_bytes=quantized.source_size,
+    )
+    return version
+
+
+def _register_quantized(
+    session: Session, principal: Principal, store: ArtifactStore, q: QuantizedOnnx
+) -> ModelVersion:
+    """Store the quantized graph (and a trained source's ``encoding.json``), then add the
+    version row; the files go again if the row is not added."""
+    model = q.source.model
+    version_id = new_id("mv")
+    prefix = f"models/{model.id}/{version_id}"
+    try:
+        store.put_file(principal.org_id, f"{prefix}/{ONNX_FILE}", q.path)
+        copied = _copy_files(store, q.source, prefix, (artifacts.ENCODING,))
+        number = _next_number(session, model)
+        version = _version_row(_quantized_content(q, copied), model, number, version_id, prefix)
+        version.created_by = principal.actor_id
+        session.add(version)
+        session.flush()
+        session.refresh(version, attribute_names=["aliases"])
+    except BaseException:
+        _discard(store, principal.org_id, prefix)
+        raise
+    return version
+
+
+def _copy_files(
+    store: ArtifactStore, source: ModelVersion, prefix: str, names: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    """Copy those of the source version's files named ``names`` to ``prefix`` (store to
+    store, checked against their SHA-256); their ``artifacts`` entries."""
+    copied = []
+    for entry in source.artifacts or []:
+        if entry.get("path") not in names:
+            continue
+        data = store.get_bytes(source.org_id, f"{source.storage_prefix}/{entry['path']}")
+        if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+            raise Conflict(f"the stored file {entry['path']!r} of the source version changed")
+        store.put_bytes(source.org_id, f"{prefix}/{entry['path']}", data)
+        copied.append(dict(entry))
+    return copied
+
+
 def delete_version(
     session: Session, principal: Principal, store: ArtifactStore, name: str, number: int
 ) -> None:
@@ -563,6 +660,24 @@ def _uploaded_content(checked: CheckedOnnx) -> _Content:
         leaderboard=[],
         artifacts=[checked.entry()],
         size_bytes=checked.size,
+    )
+
+
+def _quantized_content(q: QuantizedOnnx, copied: list[dict[str, Any]]) -> _Content:
+    report = artifacts.storable(q.report())
+    files = [q.entry(), *copied]
+    return _Content(
+        task=q.source.task,
+        metric=q.metric,
+        metrics=artifacts.storable(q.metrics()),
+        signature=dict(q.source.signature or {}),
+        lineage=artifacts.storable(q.lineage()),
+        report=report,
+        card_report=report,
+        feature_importance=[],
+        leaderboard=[],
+        artifacts=sorted(files, key=lambda f: str(f["path"])),
+        size_bytes=sum(int(f["size"]) for f in files),
     )
 
 
