@@ -206,6 +206,17 @@ def deploy(client: TestClient, register: Register) -> Deploy:  # noqa: F811
     return deployer(client, register)
 
 
+@pytest.fixture(params=[True, False], ids=["gateway", "fastapi-routes"])
+def any_client(request: pytest.FixtureRequest, settings: Settings) -> Iterator[TestClient]:
+    """A test client of the app with the serving gateway on (the default: it answers
+    ``/predict`` and ``/invocations`` before FastAPI routes them) and off (the FastAPI
+    routes of :mod:`aiaas.serving.router` answer): both must keep one contract."""
+    serving = settings.serving.model_copy(update={"fast_path": request.param})
+    app = create_app(settings.model_copy(update={"serving": serving}))
+    with TestClient(app) as found:
+        yield found
+
+
 # --------------------------------------------------------------------------- a real server
 
 

@@ -149,9 +149,19 @@ def numeric_matrix(
         if kinds <= _NUMBER_TYPES:
             out = np.array(values, dtype=np.float64)
             if out.ndim == 2 and (all(c.nullable for c in columns) or np.isfinite(out).all()):
-                return np.ascontiguousarray(out.T, dtype=dtype)
+                return _cast(columns, out.T, dtype)
     cols = [_numbers(c, v) for c, v in zip(columns, values, strict=True)]
-    return np.ascontiguousarray(np.array(cols, dtype=np.float64).T, dtype=dtype)
+    return _cast(columns, np.array(cols, dtype=np.float64).T, dtype)
+
+
+def _cast(
+    columns: Sequence[Column],
+    X: NDArray[np.float64],
+    dtype: type[np.floating[Any]] | type[np.integer[Any]],
+) -> NDArray[Any]:
+    if dtype is np.float32:  # a value beyond float32 would become ±inf: refused by its cell
+        _fits_float32([c.name for c in columns], X)
+    return np.ascontiguousarray(X, dtype=dtype)
 
 
 def _json_type(v: Any) -> str:
@@ -321,13 +331,11 @@ def _trained_columns(encoding: dict[str, Any]) -> list[Column]:
     return columns
 
 
-def _trained_numbers(names: Sequence[str], X: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Numeric features as :class:`~aiaas.automl.preprocess.TabularPreprocessor` makes them,
-    before its float32 cast: ±inf is missing (NaN); a finite value float32 cannot hold is
-    refused, naming its cell. The cast would make it ±inf, which the native members refuse
-    ("Input contains infinity") and the ONNX graph turns into a NaN or saturated answer
-    served with a 200 (``{"value": null}``)."""
-    X = np.where(np.isinf(X), np.nan, X)
+def _fits_float32(names: Sequence[str], X: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``X`` (``(n,)`` or ``(n, F)``), once no value is beyond float32's range; else a 422
+    naming the first such cell. The cast to float32 would make it ±inf: the native members
+    refuse that ("Input contains infinity") and an ONNX graph answers NaN or a saturated
+    value, served with a 200 (``{"value": null}``)."""
     big = np.abs(X) > _FLOAT32_MAX
     if big.any():
         row, col = (int(i) for i in np.argwhere(big.reshape(len(X), -1))[0])
@@ -337,6 +345,12 @@ def _trained_numbers(names: Sequence[str], X: NDArray[np.float64]) -> NDArray[np
             "(float32: at most 3.4e+38 in magnitude)"
         )
     return X
+
+
+def _trained_numbers(names: Sequence[str], X: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Numeric features as :class:`~aiaas.automl.preprocess.TabularPreprocessor` makes them
+    before its float32 cast: ±inf is missing (NaN), and every value must fit float32."""
+    return _fits_float32(names, np.where(np.isinf(X), np.nan, X))
 
 
 def _encoder(columns: Sequence[Column]) -> Callable[[Table, bool], NDArray[np.float32]]:
@@ -483,7 +497,10 @@ def _load_uploaded(store: ArtifactStore, version: VersionView, threads: int) -> 
                 if np_type is np.object_:
                     arr: NDArray[Any] = _strings(c, values)
                 else:
-                    arr = _numbers(c, values).astype(np_type or np.float32, copy=False)
+                    numbers = _numbers(c, values)
+                    if np_type in (None, np.float32):
+                        _fits_float32([c.name], numbers)
+                    arr = numbers.astype(np_type or np.float32, copy=False)
                 out[c.name] = arr.reshape(-1, 1) if rank == 2 else arr
             return out
 
