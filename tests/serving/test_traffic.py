@@ -486,12 +486,6 @@ def test_micro_batching_gives_the_same_answers_as_without(
 # --------------------------------------------------------------------------- found bugs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cache.py: EndpointCache.lookup skips its refresh on a miss when any refresh "
-    "ended within _MISS_REFRESH_S, even one that read the revisions before the deploy "
-    "committed: a just-deployed endpoint is a 404 until the next background refresh",
-)
 def test_a_deploy_is_servable_at_once_after_a_refresh_that_missed_it(
     app: FastAPI,
     client: TestClient,

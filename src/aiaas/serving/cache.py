@@ -4,8 +4,9 @@
   a request takes one view and sees one revision from start to end. A background thread
   re-reads ``(id, revision)`` of all endpoints every ``refresh_s`` and reloads only those
   that changed, so a change reaches every worker of every replica within that time, and
-  a prediction never queries the database. A name this worker does not know triggers one
-  early refresh (at most one per ``_MISS_REFRESH_S``), so a deploy is servable at once.
+  a prediction never queries the database. A name this worker does not know triggers a
+  refresh first, so a deploy is servable as soon as it is answered (a request for a name
+  that does not exist costs one small query, as a 404 does in any API).
 - :class:`ModelCache` loads each version once per worker (single flight), bounded by an
   estimate of memory; the least recently used are unloaded above ``max_bytes``.
 """
@@ -28,7 +29,6 @@ from aiaas.storage import ArtifactStore
 
 log = structlog.get_logger("aiaas.serving")
 
-_MISS_REFRESH_S = 0.05
 _FAILED_RETRY_S = 5.0
 
 
@@ -47,7 +47,6 @@ class EndpointCache:
         self._by_id: dict[str, EndpointView] = {}
         self._revisions: dict[str, int] = {}
         self._lock = threading.Lock()  # one refresh at a time
-        self._last_refresh = 0.0
         self._loaded = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -60,12 +59,11 @@ class EndpointCache:
         return self._by_name.get((org_id, name.lower()))
 
     def lookup(self, org_id: str, name: str) -> EndpointView | None:
-        """:meth:`get`, and on a miss one early refresh (a deploy this worker has not seen)."""
+        """:meth:`get`, and on a miss a refresh first (a deploy this worker has not seen)."""
         found = self._by_name.get((org_id, name.lower()))
         if found is not None:
             return found
-        if time.monotonic() - self._last_refresh >= _MISS_REFRESH_S:
-            self.refresh()
+        self.refresh()  # it reads the revisions after the request arrived: it sees a deploy
         return self._by_name.get((org_id, name.lower()))
 
     def views(self) -> list[EndpointView]:
@@ -78,7 +76,6 @@ class EndpointCache:
                 current = revisions(session)
                 changed = [i for i, r in current.items() if self._revisions.get(i) != r]
                 fresh = load_views(session, changed) if changed else []
-            self._last_refresh = time.monotonic()
             self._loaded = True
             if not changed and len(current) == len(self._revisions):
                 return
