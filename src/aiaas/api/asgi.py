@@ -16,10 +16,11 @@ app = create_app(_settings)
 def _preload() -> None:
     # The profile's IsolationForest needs scikit-learn, whose import takes ~4 s here; load it
     # now, in the background, rather than inside the first upload of this worker.
-    try:
-        importlib.import_module("sklearn.ensemble")
-    except Exception:  # the first profile will report any real problem
-        pass
+    for module in ("sklearn.ensemble", "pyarrow.compute"):  # the prediction log's too
+        try:
+            importlib.import_module(module)
+        except Exception:  # the first use will report any real problem
+            pass
     # Then move everything loaded so far (modules, the app: ~160k objects) out of the
     # collector's reach: a full collection over them took 100-280 ms here, a pause that
     # every request in flight waited for (the serving p99). Later objects are collected.
