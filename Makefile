@@ -18,11 +18,15 @@ COV    := --cov=src/aiaas --cov-fail-under=$(COV_FLOOR)
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-15s %s\n", $$1, $$2}'
 
+# Bytecode is compiled at install: sandboxed children run `python -B` (they write no .pyc),
+# and where PYTHONDONTWRITEBYTECODE is set nothing else would, so every process compiled
+# scipy, pandas and scikit-learn from source (the training process's imports: 6.7 s → 1.7 s).
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check uv==0.13.9
-	$(BIN)/uv pip sync -q --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip sync -q --compile-bytecode --python $(BIN)/python requirements.lock
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
+	$(BIN)/python -m compileall -q src > /dev/null
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the locked dependencies
