@@ -185,7 +185,8 @@ def test_thread_pool_families_train_inside_the_sandbox(client, tenants: Tenants,
     """Thread pools (joblib's, OpenMP's) work under the training sandbox: HistGB's binning
     needs a POSIX semaphore, and failed there once; the forests use joblib's threads."""
     families = ["histgb", "random_forest", "extra_trees"]
-    job = _submit(client, tenants, dataset, families=families, ensemble=False, time_budget_s=15)
+    # a budget that reaches each family at ~2.5 s a forest trial on a busy 2-core machine
+    job = _submit(client, tenants, dataset, families=families, ensemble=False, time_budget_s=30)
     workers.start()
     assert workers.finished(job["id"]).status == "succeeded"
     trials = client.get(f"{URL}/{job['id']}/trials", headers=tenants.a.headers()).json()
