@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import numpy as np
 import pandas as pd
 import pytest
@@ -523,4 +524,4 @@ def test_a_deploy_is_servable_at_once_after_a_refresh_that_missed_it(
     assert created.status_code == 201, created.text
     committed.set()
     refresh.join(10)
-    assert endpoints.lookup(tenants.a.org_id, "second") is not None
+    assert anyio.run(endpoints.lookup, tenants.a.org_id, "second") is not None

@@ -157,13 +157,18 @@ async def get_principal(request: Request) -> Principal:
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
+def check_permission(principal: Principal, action: Action) -> Principal:
+    """``principal``, if the permission matrix lets its role do ``action``; else 403."""
+    if not principal.can(action):
+        raise Forbidden(f"role {principal.role.value!r} may not {action.value}")
+    return principal
+
+
 def require(action: Action) -> Any:
     """A dependency that authenticates and checks ``action`` against the permission matrix."""
 
     async def check(principal: PrincipalDep) -> Principal:
-        if not principal.can(action):
-            raise Forbidden(f"role {principal.role.value!r} may not {action.value}")
-        return principal
+        return check_permission(principal, action)
 
     check.__aiaas_action__ = action  # type: ignore[attr-defined]
     check.__name__ = f"require_{action.name.lower()}"

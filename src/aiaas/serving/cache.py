@@ -18,6 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+import anyio
 import structlog
 from sqlalchemy.orm import Session
 
@@ -58,12 +59,14 @@ class EndpointCache:
     def get(self, org_id: str, name: str) -> EndpointView | None:
         return self._by_name.get((org_id, name.lower()))
 
-    def lookup(self, org_id: str, name: str) -> EndpointView | None:
-        """:meth:`get`, and on a miss a refresh first (a deploy this worker has not seen)."""
+    async def lookup(self, org_id: str, name: str) -> EndpointView | None:
+        """:meth:`get`, and on a miss a refresh first (a deploy this worker has not seen),
+        in a worker thread: the event loop never waits for the database."""
         found = self._by_name.get((org_id, name.lower()))
         if found is not None:
             return found
-        self.refresh()  # it reads the revisions after the request arrived: it sees a deploy
+        # it reads the revisions after the request arrived: it sees a deploy
+        await anyio.to_thread.run_sync(self.refresh)
         return self._by_name.get((org_id, name.lower()))
 
     def views(self) -> list[EndpointView]:

@@ -343,8 +343,8 @@ class Serving:
 
     # ----------------------------------------------------------------------- the request
 
-    def endpoint(self, principal: Principal, name: str) -> EndpointView:
-        view = self.endpoints.lookup(principal.org_id, name)
+    async def endpoint(self, principal: Principal, name: str) -> EndpointView:
+        view = await self.endpoints.lookup(principal.org_id, name)
         if view is None:
             raise NotFound("endpoint", name[:100])
         return view
@@ -395,7 +395,7 @@ class Serving:
     ) -> Answer:
         """``POST /endpoints/{name}/predict`` (or ``/invocations`` with ``mlflow``)."""
         started = time.perf_counter()
-        view = self.endpoint(principal, name)
+        view = await self.endpoint(principal, name)
         try:
             predictor = await self.predictor(choose(view))
             table = payload.decode(

@@ -25,10 +25,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from aiaas.api.deps import check_permission
 from aiaas.api.problems import problem_body
 from aiaas.auth.permissions import Action
 from aiaas.auth.principal import Principal
-from aiaas.errors import AiaasError, Forbidden, TooManyRequests
+from aiaas.errors import AiaasError, TooManyRequests
 from aiaas.serving.core import Answer, Serving
 
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}"
@@ -79,11 +80,7 @@ class ServingGateway:
         await self.app(scope, receive, send)
 
     async def _principal(self, scope: Scope) -> Principal:
-        request = Request(scope)
-        principal = await self._authenticate(request)
-        if not principal.can(Action.PREDICT):
-            raise Forbidden(f"role {principal.role.value!r} may not {Action.PREDICT.value}")
-        return principal
+        return check_permission(await self._authenticate(Request(scope)), Action.PREDICT)
 
     async def _predict(
         self, scope: Scope, receive: Receive, send: Send, name: str, kind: str

@@ -654,7 +654,7 @@ async def model_ready(
 ) -> Answer:
     """200 ``{"name", "ready": true}`` when every version served loads, else 503."""
     try:
-        view = serving.endpoint(principal, name)
+        view = await serving.endpoint(principal, name)
         for chosen in served(view, version):
             await serving.predictor(chosen)
     except ServiceUnavailable as exc:
@@ -664,11 +664,11 @@ async def model_ready(
     return json_answer(200, {"name": view.name, "ready": True})
 
 
-def metadata_answer(
+async def metadata_answer(
     serving: Serving, principal: Principal, name: str, version: int | None
 ) -> Answer:
     try:
-        view = serving.endpoint(principal, name)
+        view = await serving.endpoint(principal, name)
         return json_answer(200, model_metadata(view, version))
     except AiaasError as exc:
         return error_answer(exc)
@@ -700,7 +700,7 @@ async def infer(
     started = time.perf_counter()
     view: EndpointView | None = None
     try:
-        view = serving.endpoint(principal, name)
+        view = await serving.endpoint(principal, name)
         chosen = served(view, version)[0] if version is not None else choose(view)
         request = parse_request(body, headers)
         _check_outputs(request, output_specs(chosen))

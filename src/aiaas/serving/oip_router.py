@@ -93,7 +93,7 @@ async def model_metadata(
     name: str, serving: ServingDep, principal: Principal = require(Action.PREDICT)
 ) -> Response:
     """An endpoint's metadata: the versions it routes to, its inputs and outputs."""
-    return respond(oip.metadata_answer(serving, principal, name, None))
+    return respond(await oip.metadata_answer(serving, principal, name, None))
 
 
 @router.get("/models/{name}/versions/{version}", responses=_RESPONSES)
@@ -104,7 +104,7 @@ async def version_metadata(
     number = _version(version, name)
     if isinstance(number, Answer):
         return respond(number)
-    return respond(oip.metadata_answer(serving, principal, name, number))
+    return respond(await oip.metadata_answer(serving, principal, name, number))
 
 
 @router.get("/models/{name}/ready", responses=_RESPONSES)
