@@ -48,29 +48,22 @@ class EndpointCache:
         self._by_id: dict[str, EndpointView] = {}
         self._revisions: dict[str, int] = {}
         self._lock = threading.Lock()  # one refresh at a time
-        self._loaded = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    @property
-    def loaded(self) -> bool:
-        return self._loaded
-
     def get(self, org_id: str, name: str) -> EndpointView | None:
+        """The view this worker holds now (no refresh)."""
         return self._by_name.get((org_id, name.lower()))
 
     async def lookup(self, org_id: str, name: str) -> EndpointView | None:
-        """:meth:`get`, and on a miss a refresh first (a deploy this worker has not seen),
-        in a worker thread: the event loop never waits for the database."""
+        """The view of ``org_id``'s endpoint ``name``; on a miss, a refresh first (a deploy
+        this worker has not seen), in a worker thread: the loop never waits for the database."""
         found = self._by_name.get((org_id, name.lower()))
         if found is not None:
             return found
         # it reads the revisions after the request arrived: it sees a deploy
         await anyio.to_thread.run_sync(self.refresh)
         return self._by_name.get((org_id, name.lower()))
-
-    def views(self) -> list[EndpointView]:
-        return list(self._by_id.values())
 
     def refresh(self) -> None:
         """Re-read the revisions; reload the endpoints that changed, drop the deleted ones."""
@@ -79,7 +72,6 @@ class EndpointCache:
                 current = revisions(session)
                 changed = [i for i, r in current.items() if self._revisions.get(i) != r]
                 fresh = load_views(session, changed) if changed else []
-            self._loaded = True
             if not changed and len(current) == len(self._revisions):
                 return
             by_id = {i: v for i, v in self._by_id.items() if i in current and i not in changed}
