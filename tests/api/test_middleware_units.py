@@ -164,6 +164,28 @@ def test_a_body_that_stops_arriving_is_a_timeout():
     anyio.run(main)
 
 
+def test_a_body_that_arrives_late_within_the_deadline_is_received():
+    async def main() -> None:
+        arrived: Message = _body(b"late", False)
+
+        async def receive() -> Message:
+            await anyio.sleep(0.01)  # the body is not there yet: the read waits for it
+            await anyio.sleep(0.01)
+            return arrived
+
+        exchange = _Exchange("rid-1", "/api/v1/x", receive, _noop_send, 1.0)
+        exchange.limit = 10
+        assert await exchange.receive() is arrived
+        assert exchange.body_done
+        assert exchange.received == 4
+
+    anyio.run(main)
+
+
+async def _noop_send(message: Message) -> None:
+    return None
+
+
 @pytest.mark.parametrize(
     ("path", "app_headers", "cache_control", "csp"),
     [

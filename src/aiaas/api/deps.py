@@ -114,8 +114,8 @@ ServingDep = Annotated[Serving, Depends(get_serving)]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
 
 
-def _bearer(request: Request) -> str:
-    header = request.headers.get("authorization")
+def bearer_token(header: str | None) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header, or 401."""
     if not header:
         raise Unauthorized("missing Authorization header (use: Authorization: Bearer <key>)")
     scheme, _, token = header.partition(" ")
@@ -125,19 +125,10 @@ def _bearer(request: Request) -> str:
     return token
 
 
-async def get_principal(request: Request) -> Principal:
-    """Authenticate the bearer credential (policy: :func:`aiaas.auth.service.authenticate`).
-
-    The platform middleware authenticates a request with a body before the body is read and
-    keeps the principal in the request state; the route's dependency then reuses it. A
-    cached API key is answered on the event loop; anything that needs the database runs in
-    a worker thread.
-    """
-    already: Principal | None = getattr(request.state, "principal", None)
-    if already is not None:
-        return already
-    token = _bearer(request)
-    state = get_state(request)
+async def principal_of(state: AppState, token: str) -> Principal:
+    """Who ``token`` is (policy: :func:`aiaas.auth.service.authenticate`), named as the
+    request's actor for the audit. A cached API key is answered on the event loop;
+    anything that needs the database runs in a worker thread."""
     principal = auth_service.cached_principal(state.api_key_cache, token)
     if principal is None:
         principal = await anyio.to_thread.run_sync(
@@ -150,6 +141,20 @@ async def get_principal(request: Request) -> Principal:
             )
         )
     audit.set_actor(principal.org_id, principal.actor_type, principal.actor_id)
+    return principal
+
+
+async def get_principal(request: Request) -> Principal:
+    """Authenticate the bearer credential (:func:`principal_of`).
+
+    The platform middleware authenticates a request with a body before the body is read and
+    keeps the principal in the request state; the route's dependency then reuses it.
+    """
+    already: Principal | None = getattr(request.state, "principal", None)
+    if already is not None:
+        return already
+    token = bearer_token(request.headers.get("authorization"))
+    principal = await principal_of(get_state(request), token)
     request.state.principal = principal
     return principal
 

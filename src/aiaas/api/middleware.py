@@ -28,7 +28,7 @@ import asyncio
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import anyio
@@ -72,8 +72,9 @@ _INTERNAL: Problem = (
     "an unexpected error occurred; quote the request id when reporting it",
 )
 
-#: ``authenticate(scope)`` raises :class:`aiaas.errors.Unauthorized` for a bad credential.
-Authenticate = Callable[[Scope], Awaitable[None]]
+#: ``authenticate(scope, headers)`` raises :class:`aiaas.errors.Unauthorized` for a bad
+#: credential (``headers``: the request's, by lower-case name).
+Authenticate = Callable[[Scope, dict[bytes, bytes]], Awaitable[None]]
 
 
 class BodyTooLarge(HTTPException):
@@ -227,18 +228,59 @@ class _Exchange:
         """The app's ``receive``: every body read has a deadline, and the total a limit."""
         if self.body_done:
             return await self.downstream_receive()
-        try:
-            # asyncio's own timeout: a tenth of the cost of a cancel scope, on every request
-            async with asyncio.timeout(self.body_timeout):
-                message = await self.downstream_receive()
-        except TimeoutError:
-            raise BodyTimeout(self.body_timeout) from None
+        waiting = self.downstream_receive()
+        if not isinstance(waiting, Coroutine):
+            message = await self._before_deadline(waiting)
+        else:
+            try:
+                # A body already received comes back without waiting (uvicorn's receive
+                # returns at once): no deadline to arm, 5 µs of a prediction's ~150 saved.
+                pending = waiting.send(None)
+            except StopIteration as done:
+                message = done.value
+            else:
+                message = await self._before_deadline(_Resumed(waiting, pending))
         if message["type"] == "http.request":
             self.received += len(message.get("body", b""))
             if self.received > self.limit:
                 raise BodyTooLarge(self.limit)
             self.body_done = not message.get("more_body", False)
         return message
+
+    async def _before_deadline(self, waiting: Awaitable[Message]) -> Message:
+        try:
+            # asyncio's own timeout: a tenth of the cost of a cancel scope
+            async with asyncio.timeout(self.body_timeout):
+                return await waiting
+        except TimeoutError:
+            raise BodyTimeout(self.body_timeout) from None
+
+
+class _Resumed:
+    """The rest of a coroutine already run up to its first wait (``pending``, what it
+    waits for): awaiting this object finishes it, as awaiting the coroutine would have."""
+
+    __slots__ = ("coro", "pending")
+
+    def __init__(self, coro: Any, pending: Any) -> None:
+        self.coro = coro
+        self.pending = pending
+
+    def __await__(self) -> Any:
+        coro, pending = self.coro, self.pending
+        while True:
+            try:
+                sent = yield pending
+            except BaseException as exc:  # cancelled (the deadline) or closed: pass it in
+                try:
+                    pending = coro.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    pending = coro.send(sent)
+                except StopIteration as done:
+                    return done.value
 
 
 class PlatformMiddleware:
@@ -341,12 +383,14 @@ class PlatformMiddleware:
         if problem is not None:
             await self._refuse(exchange, *problem)
             return False
-        return policy.public or await self._authenticated(scope, exchange)
+        return policy.public or await self._authenticated(scope, headers, exchange)
 
-    async def _authenticated(self, scope: Scope, exchange: _Exchange) -> bool:
+    async def _authenticated(
+        self, scope: Scope, headers: dict[bytes, bytes], exchange: _Exchange
+    ) -> bool:
         """Credentials before the body: a bad one is refused before a byte of it is read."""
         try:
-            await self.authenticate(scope)
+            await self.authenticate(scope, headers)
         except AiaasError as exc:
             await self._send_error(
                 exchange.downstream_send,

@@ -12,6 +12,9 @@ per request:
 
 The body has its own idle deadline, enforced per read in the platform middleware. The limits
 come from the settings (``AIAAS_LIMITS__*``), read in each worker process.
+
+Its transport (:class:`CoalescingTransport`) sends a response's head and a small body in one
+write: one system call and one TCP segment where uvicorn makes two.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from aiaas.api.problems import problem_body
 from aiaas.settings import get_settings
 
+#: Held writes are sent at once from this many bytes (a segment's worth many times over).
+_HOLD_BYTES = 64 * 1024
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
@@ -56,7 +61,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             )
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -116,3 +121,52 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         )
         self.transport.write(head + body)
         self.transport.close()
+
+
+class CoalescingTransport:
+    """A transport whose writes within one step of the event loop leave as one.
+
+    uvicorn writes a response's status line and headers, then its body: two system calls
+    and two TCP segments for every small answer (a prediction), each waking the client.
+    Here the first write of a step is held and sent, joined with whatever followed it,
+    once the step ends (``call_soon``) or before the connection closes. Everything else
+    is the real transport's.
+    """
+
+    __slots__ = ("_held", "_held_bytes", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: list[bytes] | None = None
+        self._held_bytes = 0
+
+    def write(self, data: bytes) -> None:
+        if self._held is None:
+            self._held = [data]
+            self._held_bytes = len(data)
+            self._loop.call_soon(self._flush)
+        else:
+            self._held.append(data)
+            self._held_bytes += len(data)
+        if self._held_bytes >= _HOLD_BYTES:  # out now, under the transport's flow control:
+            self._flush()  # a stream that never yields to the loop must not pile up here
+
+    def writelines(self, chunks: Any) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def _flush(self) -> None:
+        held, self._held, self._held_bytes = self._held, None, 0
+        if held and not self._transport.is_closing():
+            self._transport.write(held[0] if len(held) == 1 else b"".join(held))
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def get_write_buffer_size(self) -> int:
+        return self._held_bytes + self._transport.get_write_buffer_size()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)

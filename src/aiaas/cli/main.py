@@ -156,6 +156,7 @@ def serve(
         log_config=None,
         access_log=False,
         proxy_headers=False,
+        server_header=False,  # no "server: uvicorn": one header less per answer, no banner
         http="aiaas.api.server:GuardedHttpToolsProtocol",  # header size and time limits
     )
 

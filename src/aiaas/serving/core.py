@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import numpy as np
 import structlog
 from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry
@@ -32,7 +33,7 @@ from aiaas.auth.principal import Principal
 from aiaas.errors import AiaasError, InvalidInput, NotFound, ServiceUnavailable
 from aiaas.serving import payload
 from aiaas.serving.cache import EndpointCache, ModelCache
-from aiaas.serving.predictor import ModelLoadError, Predictor, Table, Values
+from aiaas.serving.predictor import MatrixColumns, ModelLoadError, Predictor, Table, Values
 from aiaas.serving.predlog import LoggedBatch, PredictionLog
 from aiaas.serving.views import EndpointView, VersionView
 from aiaas.settings import Settings
@@ -208,8 +209,12 @@ class ShadowRunner:
 
 
 def merge_tables(tables: list[Table], columns: tuple[str, ...]) -> Table:
+    """The rows of ``tables`` as one table of ``columns`` (one matrix when each was one)."""
     if len(tables) == 1:
         return tables[0]
+    if all(t.matrix is not None and t.matrix_of == columns for t in tables):
+        matrix = np.concatenate([t.matrix for t in tables])
+        return Table(len(matrix), MatrixColumns(matrix, columns), matrix, columns)
     merged: dict[str, Values] = {}
     for name in columns:
         values: list[Any] = []
@@ -399,7 +404,10 @@ class Serving:
         try:
             predictor = await self.predictor(choose(view))
             table = payload.decode(
-                payload.parse_json(body), predictor.order, max_rows=self.settings.max_rows
+                payload.parse_json(body),
+                predictor.order,
+                max_rows=self.settings.max_rows,
+                numeric=predictor.numeric,
             )
             out = await self.run(predictor, table, view.unknown_categories == "error")
         except AiaasError as exc:

@@ -61,6 +61,19 @@ class ServingGateway:
         self._routes = routes
         self._infer = infer
 
+    def handles(self, scope: Scope) -> bool:
+        """Whether this gateway answers ``scope`` (a prediction's method and path)."""
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return False
+        path: str = scope["path"]
+        if path.startswith("/api/v1/endpoints/"):
+            return _REST.match(path) is not None
+        return (
+            self._infer is not None
+            and path.startswith("/v2/models/")
+            and _OIP.match(path) is not None
+        )
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
@@ -80,7 +93,12 @@ class ServingGateway:
         await self.app(scope, receive, send)
 
     async def _principal(self, scope: Scope) -> Principal:
-        return check_permission(await self._authenticate(Request(scope)), Action.PREDICT)
+        # the platform middleware authenticated a request with a body already (and kept the
+        # principal in the request state, where the FastAPI dependency finds it too)
+        found = scope["state"].get("principal") if "state" in scope else None
+        if found is None:
+            found = await self._authenticate(Request(scope))
+        return check_permission(found, Action.PREDICT)
 
     async def _predict(
         self, scope: Scope, receive: Receive, send: Send, name: str, kind: str

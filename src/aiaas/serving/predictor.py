@@ -22,7 +22,7 @@ import json
 import math
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,12 +86,38 @@ class Column:
     boolean: bool = False  # numeric: JSON true/false are 1/0
 
 
+class MatrixColumns(Mapping[str, Values]):
+    """The columns of a ``(n, F)`` matrix by name, each a view made when asked for."""
+
+    __slots__ = ("_index", "_matrix")
+
+    def __init__(self, matrix: NDArray[Any], names: Sequence[str]) -> None:
+        self._matrix = matrix
+        self._index = {name: j for j, name in enumerate(names)}
+
+    def __getitem__(self, name: str) -> Values:
+        return self._matrix[:, self._index[name]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
 @dataclass(frozen=True)
 class Table:
-    """The request's rows by column (only the columns present), and their number."""
+    """The request's rows by column (only the columns present), and their number.
+
+    ``matrix``: the same values as one ``(n, len(matrix_of))`` float64 array, when the body
+    held exactly the columns ``matrix_of`` (a model's all-numeric inputs) and every cell
+    was a JSON number; ``columns`` then holds views of it.
+    """
 
     n: int
-    columns: dict[str, Values]
+    columns: Mapping[str, Values]
+    matrix: NDArray[np.float64] | None = None
+    matrix_of: tuple[str, ...] = ()
 
 
 def _where(row: int, name: str) -> str:
@@ -143,6 +169,11 @@ def numeric_matrix(
     the types, one ``np.array``); otherwise column by column, which names the first bad
     cell (a string, a boolean, a null where none is allowed, a missing value).
     """
+    if table.matrix is not None and len(columns) == len(table.matrix_of):
+        if all(c.name == m for c, m in zip(columns, table.matrix_of, strict=True)):
+            X = table.matrix
+            if all(c.nullable for c in columns) or np.isfinite(X).all():
+                return _cast(columns, X, dtype)
     values = [column_values(table, c.name) for c in columns]
     if all(type(v) is list for v in values):
         kinds = {type(x) for v in values for x in v}
@@ -269,6 +300,12 @@ class Predictor:
         #: the signature's columns in order (rows sent as lists follow it)
         self.order = tuple(known) or self.required
         self.known = frozenset(known) | frozenset(self.required)
+        #: the columns a body may carry as one number matrix (every input is a number)
+        self.numeric: tuple[str, ...] | None = (
+            self.required
+            if self.columns and all(c.kind == "numeric" for c in self.columns)
+            else None
+        )
         classes = version.signature.get("classes")
         self.classes: list[Any] = list(classes) if isinstance(classes, list) else []
         self.class_keys = [str(c) for c in self.classes]
