@@ -392,18 +392,21 @@ class ServingSettings(BaseModel):
         200, ge=1, description="Endpoints one organization may have (403 above)."
     )
     batching: bool = Field(
-        False,
+        True,
         description="Adaptive micro-batching: concurrent requests to one model version are "
-        "predicted in one call (helps models with a high per-call cost).",
+        "predicted in one call. With batch_wait_ms 0 (the default) a request waits for no "
+        "one: it joins the requests read in the same turn of the event loop, so batches grow "
+        "with the load and a lone request is answered at once.",
     )
     batch_max_rows: int = Field(
         256, ge=1, description="Most rows of one micro-batch (with batching on)."
     )
     batch_wait_ms: float = Field(
-        1.0,
+        0.0,
         ge=0,
         le=100,
-        description="Longest a request waits for others to join its micro-batch.",
+        description="Longest a request waits for others to join its micro-batch (0: only "
+        "those already read in the same turn of the event loop).",
     )
     prediction_log: bool = Field(
         True, description="Log every prediction (inputs, outputs, version) for monitoring."

@@ -7,6 +7,7 @@ the ignored-column report, on generated bodies of every accepted shape.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 
 from aiaas.errors import InvalidInput
 from aiaas.serving import payload
-from aiaas.serving.core import merge_tables
+from aiaas.serving.core import Batcher, merge_tables
 from aiaas.serving.predictor import Column, numeric_matrix
 
 NAMES = ("a", "b", "c")
@@ -129,3 +130,33 @@ def test_merged_requests_stay_one_matrix_and_mixed_ones_are_merged_by_column() -
     X = numeric_matrix(COLUMNS, mixed, np.float64)
     want = np.array([[1, 2, 0], [7, np.nan, 1], [3, 4, 1], [5, 6, 0]])
     assert np.array_equal(X, want, equal_nan=True)
+
+
+def test_requests_read_in_one_turn_of_the_loop_are_predicted_together() -> None:
+    """Batching without waiting (``batch_wait_ms`` 0): requests that reach the batcher in
+    the same turn of the event loop share one call; one that comes later gets its own."""
+    calls: list[int] = []
+
+    class Doubler:  # the predictor's side of the batcher: predict and required
+        required = NAMES
+
+        def predict(self, table: Any, *, strict_categories: bool) -> Any:
+            calls.append(table.n)
+            return numeric_matrix(COLUMNS, table, np.float64) * 2
+
+    batcher = Batcher(Doubler(), max_rows=100, wait_s=0)  # type: ignore[arg-type]
+    tables = [
+        payload.decode({"instances": [[i, i, 1]] * (1 + i % 3)}, NAMES, max_rows=9, numeric=NAMES)
+        for i in range(5)
+    ]
+
+    async def main() -> list[Any]:
+        together = await asyncio.gather(*(batcher.predict(t, False) for t in tables))
+        alone = await batcher.predict(tables[0], False)
+        return [*together, alone]
+
+    outs = asyncio.run(main())
+    assert calls == [sum(t.n for t in tables), tables[0].n]
+    for table, out in zip([*tables, tables[0]], outs, strict=True):
+        assert table.matrix is not None
+        assert out.tolist() == np.multiply(table.matrix, 2).tolist()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import math
+import os
 import queue
 import random
 import secrets
@@ -43,6 +44,8 @@ log = structlog.get_logger("aiaas.serving")
 
 #: Rows predicted on the event loop; larger requests go to a worker thread.
 INLINE_ROWS = 512
+#: The nice value of the serving's background threads (the shadow, the log writer).
+BACKGROUND_NICE = 19
 _SHADOW_QUEUE = 10_000
 _SHADOW_BATCH_ROWS = 1024
 
@@ -168,6 +171,7 @@ class ShadowRunner:
             self._thread.start()
 
     def _run(self) -> None:
+        background_priority()
         while True:
             first = self._queue.get()
             time.sleep(0.002)  # let concurrent copies gather: one call predicts them all
@@ -206,6 +210,18 @@ class ShadowRunner:
             )
         self.serving.metrics.record(view, version.number, table.n, 0.0, role="shadow")
         self.done += table.n
+
+
+def background_priority() -> None:
+    """Make the calling thread yield the CPU to the request threads (Linux: a thread is a
+    task with its own nice value; elsewhere a no-op). Its work (the shadow's predictions,
+    the log's conversion) then runs in the time requests leave over: under a load that
+    takes the whole core it falls behind, and past its queue its rows are dropped and
+    counted — never the caller's time."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+    except (AttributeError, OSError):  # not Linux, or not allowed
+        pass
 
 
 def merge_tables(tables: list[Table], columns: tuple[str, ...]) -> Table:
@@ -258,6 +274,8 @@ class Batcher:
                 await asyncio.wait_for(self._full.wait(), self.wait_s)
             except TimeoutError:
                 pass
+        else:  # no waiting: only the requests already read in this turn of the event loop
+            await asyncio.sleep(0)
         batch, self._pending, self._rows = self._pending, [], 0
         if len(batch) == 1:
             table, strict, future = batch[0]
