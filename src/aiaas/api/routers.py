@@ -5,6 +5,7 @@ from fastapi import APIRouter
 from aiaas.auth.router import router as auth_router
 from aiaas.data.router import router as data_router
 from aiaas.jobs.router import router as jobs_router
+from aiaas.monitoring.router import router as monitoring_router
 from aiaas.registry.router import router as registry_router
 from aiaas.serving.batch_router import router as batch_router
 from aiaas.serving.router import router as serving_router
@@ -16,4 +17,5 @@ ROUTERS: list[APIRouter] = [
     registry_router,
     serving_router,
     batch_router,
+    monitoring_router,
 ]

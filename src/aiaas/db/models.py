@@ -3,5 +3,6 @@
 import aiaas.auth.models
 import aiaas.data.models
 import aiaas.jobs.models
+import aiaas.monitoring.models
 import aiaas.registry.models
 import aiaas.serving.models  # noqa: F401
