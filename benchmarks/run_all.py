@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ORDER = ["auth", "ingest", "automl", "jobs", "serving"]
+ORDER = ["auth", "ingest", "automl", "jobs", "serving", "drift"]
 
 
 def main() -> int:
