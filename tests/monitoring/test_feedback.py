@@ -89,6 +89,10 @@ def test_live_classification_metrics_are_exact_and_repeats_replace(
     )
     for name, value in expected(actual).items():
         assert primary["metrics"][name] == pytest.approx(value, rel=1e-12, abs=1e-12), name
+    version = client.get("/api/v1/models/m/versions/1", headers=tenants.a.headers("viewer")).json()
+    assert set(primary["training_metrics"]) >= {version["metric"]}  # beside the live ones
+    for point in primary["series"]:  # hourly buckets on the hour
+        assert datetime.fromisoformat(point["start"]).timestamp() % 3600 == 0
     assert sum(p["predictions"] for p in primary["series"]) == 40
     assert sum(p["labelled"] for p in primary["series"]) == 30
     assert found["feedback_received"] == 30
@@ -332,3 +336,26 @@ def test_another_organization_can_neither_send_nor_read(
     theirs = monitoring(client, tenants.b)
     assert theirs["versions"] == []  # B predicted nothing: its feedback joins no prediction
     assert theirs["feedback_received"] == 5
+
+
+@pytest.mark.parametrize(
+    ("metrics", "want"),
+    [
+        (
+            {"scores": {"roc_auc": 0.9, "accuracy": 0.8}, "holdout_score": 0.9},
+            {"roc_auc": 0.9, "accuracy": 0.8},
+        ),
+        ({"cv_score": 0.95, "holdout_score": 0.93}, {"roc_auc": 0.93}),
+        ({"cv_score": 0.95, "holdout_score": None}, {"roc_auc": 0.95}),
+        ({"scores": {"accuracy": float("nan")}, "cv_score": None}, {}),
+        ({}, {}),
+    ],
+)
+def test_training_metrics_beside_the_live_ones(
+    metrics: dict[str, Any], want: dict[str, float]
+) -> None:
+    from aiaas.registry.models import ModelVersion
+
+    assert (
+        monitoring_service.training_metrics(ModelVersion(metric="roc_auc", metrics=metrics)) == want
+    )

@@ -44,7 +44,7 @@ class FeedbackRead(BaseModel):
 
 
 class QualityPoint(BaseModel):
-    start: datetime
+    start: datetime = Field(description="The bucket's start: a whole multiple of the step (UTC).")
     predictions: int
     labelled: int = Field(description="Predictions of the bucket with feedback.")
     metrics: dict[str, float | None]
@@ -61,7 +61,8 @@ class VersionQuality(BaseModel):
         "(no feedback, or ROC AUC with one class only)."
     )
     training_metrics: dict[str, float] = Field(
-        description="The version's holdout scores from training, for comparison."
+        description="The version's scores from training, for comparison: the holdout's per "
+        "metric, else its training metric's holdout (or cross-validated) score."
     )
     series: list[QualityPoint]
 

@@ -162,7 +162,7 @@ def endpoint_monitoring(
         for (number, role), rows in _groups(table).items():
             version = versions.get(number)
             if version is not None:
-                found.append(_quality(version, role, rows, actual, start, step))
+                found.append(_quality(version, role, rows, actual, step))
     return MonitoringRead(
         endpoint=endpoint.name,
         window=window,
@@ -201,16 +201,32 @@ def _groups(table: Any) -> dict[tuple[int, str], dict[str, Any]]:
     return out
 
 
+def training_metrics(version: ModelVersion) -> dict[str, float]:
+    """The version's scores from training: the holdout's per metric when the report has
+    them, else its training metric's holdout score, else its cross-validated one."""
+    metrics = version.metrics or {}
+    found = {
+        str(k): float(v)
+        for k, v in (metrics.get("scores") or {}).items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    }
+    for key in ("holdout_score", "cv_score"):
+        value = metrics.get(key)
+        if version.metric and version.metric not in found and isinstance(value, int | float):
+            if math.isfinite(value):
+                found[version.metric] = float(value)
+    return found
+
+
 def _quality(
     version: ModelVersion,
     role: str,
     rows: dict[str, Any],
     actual: dict[str, Any],
-    start: datetime,
     step: int,
 ) -> VersionQuality:
     ts = rows["ts"].astype("datetime64[us]").astype(np.int64)
-    bucket = (ts - int(start.timestamp() * 1e6)) // (step * 1_000_000)
+    bucket = ts // (step * 1_000_000)  # aligned to whole multiples of the step (UTC)
     labelled = np.array([pid in actual for pid in rows["prediction_id"]], dtype=bool)
     classes = [str(c) for c in (version.signature or {}).get("classes") or []]
     regression = version.task == "regression"
@@ -234,23 +250,18 @@ def _quality(
         mask = bucket == b
         series.append(
             QualityPoint(
-                start=start + timedelta(seconds=int(b) * step),
+                start=datetime.fromtimestamp(int(b) * step, UTC),
                 predictions=int(mask.sum()),
                 labelled=int((mask & labelled).sum()),
                 metrics=metrics(mask),
             )
         )
-    scores = (version.metrics or {}).get("scores") or {}
     return VersionQuality(
         version=version.number,
         role=role,
         predictions=len(ts),
         labelled=int(labelled.sum()),
         metrics=metrics(everything),
-        training_metrics={
-            k: float(v)
-            for k, v in scores.items()
-            if isinstance(v, int | float) and math.isfinite(v)
-        },
+        training_metrics=training_metrics(version),
         series=series,
     )
