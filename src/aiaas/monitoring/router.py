@@ -12,6 +12,7 @@ from aiaas.auth.principal import Principal
 from aiaas.monitoring import service as monitoring_service
 from aiaas.monitoring.schemas import (
     DURATION_PATTERN,
+    DriftRead,
     FeedbackCreate,
     FeedbackRead,
     MonitoringRead,
@@ -52,3 +53,18 @@ def get_monitoring(
     return monitoring_service.endpoint_monitoring(
         session, principal, store, name, window=window, bucket=bucket
     )
+
+
+@router.get("/{name}/drift", response_model=DriftRead)
+def get_drift(
+    name: EndpointName,
+    session: SessionDep,
+    store: StoreDep,
+    window: Annotated[
+        str, Query(pattern=DURATION_PATTERN, description="How far back: 30m, 24h, 7d (≤ 90d).")
+    ] = "24h",
+    principal: Principal = require(Action.ENDPOINT_READ),
+) -> DriftRead:
+    """Drift of the inputs answered in the window, per column and overall, against the
+    training data of the version the endpoint serves (frozen on first use)."""
+    return monitoring_service.endpoint_drift(session, principal, store, name, window=window)

@@ -75,3 +75,29 @@ class MonitoringRead(BaseModel):
     bucket_s: int
     feedback_received: int = Field(description="Feedback items received within the window.")
     versions: list[VersionQuality]
+
+
+class ColumnDriftRead(BaseModel):
+    name: str
+    kind: str = Field(description="numeric or categorical.")
+    test: str = Field(description="ks, chi2 (p-values), wasserstein or jensen_shannon (distances).")
+    statistic: float
+    p_value: float | None = Field(description="Benjamini–Hochberg adjusted, for ks and chi2.")
+    threshold: float = Field(description="alpha for a p-value, the distance otherwise.")
+    drifted: bool
+    psi: float
+    n_reference: int
+    n_current: int
+
+
+class DriftRead(BaseModel):
+    endpoint: str
+    version: int = Field(description="The version whose training data is the reference.")
+    window: str
+    start: datetime
+    end: datetime
+    rows: int = Field(description="Answered (primary) rows of the window.")
+    drifted: bool = Field(description="At least `share` of the columns drifted.")
+    share: float
+    drifted_share: float
+    columns: list[ColumnDriftRead]

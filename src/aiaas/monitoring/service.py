@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,11 +15,14 @@ from sqlalchemy.orm import Session
 
 from aiaas.auth import audit
 from aiaas.auth.principal import Principal
+from aiaas.data.models import DatasetVersion
 from aiaas.db.base import utcnow
 from aiaas.errors import Conflict, InvalidInput, ServiceUnavailable
-from aiaas.monitoring import logs, quality
+from aiaas.monitoring import drift, logs, quality
 from aiaas.monitoring.models import Feedback
 from aiaas.monitoring.schemas import (
+    ColumnDriftRead,
+    DriftRead,
     FeedbackCreate,
     FeedbackRead,
     MonitoringRead,
@@ -265,3 +270,124 @@ def _quality(
         training_metrics=training_metrics(version),
         series=series,
     )
+
+
+# --------------------------------------------------------------------------- drift
+
+#: Rows of the training data a reference is frozen from (a seeded sample above that).
+REFERENCE_ROWS = 200_000
+
+
+def endpoint_drift(
+    session: Session,
+    principal: Principal,
+    store: ArtifactStore,
+    name: str,
+    *,
+    window: str,
+    now: datetime | None = None,
+) -> DriftRead:
+    """Drift of the inputs an endpoint answered in the last ``window`` against the training
+    data of the version it serves (the first of its traffic split)."""
+    endpoint = serving_service.get_endpoint(session, principal, name)
+    span = seconds(window)
+    if not 60 <= span <= MAX_WINDOW_S:
+        raise InvalidInput(f"window must be between 1m and 90d, not {window}")
+    version = _served_version(session, endpoint)
+    ref = _reference(session, store, version)
+    end = (now or datetime.now(UTC)).astimezone(UTC)
+    start = end - timedelta(seconds=span)
+    try:
+        table = logs.read(store, endpoint.org_id, endpoint.id, start, end)
+    except logs.TooMuchLog as exc:
+        raise ServiceUnavailable(f"the window holds too much log to read at once ({exc})") from None
+    columns: dict[str, Any] = {}
+    if table is not None and table.num_rows:
+        primary = table.filter(pc_equal(table.column("role"), "primary"))
+        columns = {
+            n: primary.column(n).to_numpy(zero_copy_only=False) for n in primary.column_names
+        }
+    rows = len(columns.get("role", ()))
+    counts = {
+        c.name: drift.histogram(c, columns.get(f"in.{c.name}", np.empty(0))) for c in ref.columns
+    }
+    report = drift.compare(ref, counts)
+    return DriftRead(
+        endpoint=endpoint.name,
+        version=version.number,
+        window=window,
+        start=start,
+        end=end,
+        rows=rows,
+        drifted=report.drifted,
+        share=report.share,
+        drifted_share=report.drifted_share,
+        columns=[ColumnDriftRead(**asdict(c)) for c in report.columns],
+    )
+
+
+def pc_equal(column: Any, value: str) -> Any:
+    import pyarrow.compute as pc
+
+    return pc.equal(column, value)
+
+
+def _served_version(session: Session, endpoint: Endpoint) -> ModelVersion:
+    views = serving_service.load_views(session, [endpoint.id])
+    if not views:
+        raise Conflict(f"endpoint {endpoint.name!r} serves no version")
+    served = views[0].routes[0][0]
+    version = session.get(ModelVersion, served.id)
+    if version is None:  # deleted between the two reads
+        raise Conflict(f"endpoint {endpoint.name!r} serves no version")
+    return version
+
+
+def _reference(session: Session, store: ArtifactStore, version: ModelVersion) -> drift.Reference:
+    """The version's frozen reference: computed from its training data on first use, then
+    kept in the store (``drift/reference/<version id>.json``) and never recomputed."""
+    key = f"drift/reference/{version.id}.json"
+    if store.exists(version.org_id, key):
+        return drift.Reference.from_dict(json.loads(store.get_bytes(version.org_id, key)))
+    lineage = version.lineage or {}
+    data = session.scalar(
+        select(DatasetVersion).where(
+            DatasetVersion.org_id == version.org_id,
+            DatasetVersion.dataset_id == str(lineage.get("dataset_id")),
+            DatasetVersion.number == _int(lineage.get("dataset_version")),
+        )
+    )
+    if data is None:
+        raise Conflict(
+            f"version {version.number} has no training data to compare with (an uploaded "
+            "model, or its dataset version was deleted)"
+        )
+    kinds = {
+        str(c["name"]): ("numeric" if c.get("kind") == "numeric" else "categorical")
+        for c in (version.signature or {}).get("inputs") or []
+        if c.get("required", True) and c.get("kind") in ("numeric", "categorical")
+    }
+    ref = drift.reference(_training_columns(store, data, list(kinds)), kinds)
+    store.put_bytes(version.org_id, key, json.dumps(ref.to_dict()).encode())
+    return ref
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) else -1
+
+
+def _training_columns(
+    store: ArtifactStore, data: DatasetVersion, names: list[str]
+) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+
+    with store.open(data.org_id, data.storage_key) as handle:
+        present = [n for n in names if n in pq.ParquetFile(handle).schema_arrow.names]
+        handle.seek(0)
+        table = pq.read_table(handle, columns=present)
+    if table.num_rows > REFERENCE_ROWS:
+        keep = np.sort(
+            np.random.default_rng(0).choice(table.num_rows, REFERENCE_ROWS, replace=False)
+        )
+        table = table.take(keep)
+    return {n: table.column(n).to_numpy(zero_copy_only=False) for n in present}
