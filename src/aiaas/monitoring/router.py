@@ -21,6 +21,10 @@ from aiaas.serving.router import EndpointName
 
 router = APIRouter(prefix="/endpoints", tags=["monitoring"])
 
+Window = Annotated[
+    str, Query(pattern=DURATION_PATTERN, description="How far back: 30m, 24h, 7d (≤ 90d).")
+]
+
 
 @router.post("/{name}/feedback", response_model=FeedbackRead)
 def send_feedback(
@@ -39,9 +43,7 @@ def get_monitoring(
     name: EndpointName,
     session: SessionDep,
     store: StoreDep,
-    window: Annotated[
-        str, Query(pattern=DURATION_PATTERN, description="How far back: 30m, 24h, 7d (≤ 90d).")
-    ] = "24h",
+    window: Window = "24h",
     bucket: Annotated[
         str | None,
         Query(pattern=DURATION_PATTERN, description="Series step (default 1h, or 1d past 2d)."),
@@ -60,9 +62,7 @@ def get_drift(
     name: EndpointName,
     session: SessionDep,
     store: StoreDep,
-    window: Annotated[
-        str, Query(pattern=DURATION_PATTERN, description="How far back: 30m, 24h, 7d (≤ 90d).")
-    ] = "24h",
+    window: Window = "24h",
     principal: Principal = require(Action.ENDPOINT_READ),
 ) -> DriftRead:
     """Drift of the inputs answered in the window, per column and overall, against the

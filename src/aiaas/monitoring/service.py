@@ -131,6 +131,25 @@ def seconds(text: str) -> int:
     return int(text[:-1]) * _UNITS[text[-1]]
 
 
+def _span(window: str) -> int:
+    span = seconds(window)
+    if not 60 <= span <= MAX_WINDOW_S:
+        raise InvalidInput(f"window must be between 1m and 90d, not {window}")
+    return span
+
+
+def _logged(
+    store: ArtifactStore, endpoint: Endpoint, span: int, now: datetime | None
+) -> tuple[datetime, datetime, Any]:
+    """The window ``[now - span, now)`` and the endpoint's log rows in it (or None)."""
+    end = (now or datetime.now(UTC)).astimezone(UTC)
+    start = end - timedelta(seconds=span)
+    try:
+        return start, end, logs.read(store, endpoint.org_id, endpoint.id, start, end)
+    except logs.TooMuchLog as exc:
+        raise ServiceUnavailable(f"the window holds too much log to read at once ({exc})") from None
+
+
 def endpoint_monitoring(
     session: Session,
     principal: Principal,
@@ -143,18 +162,11 @@ def endpoint_monitoring(
 ) -> MonitoringRead:
     """Live quality of each version an endpoint served (or shadowed) in the last ``window``."""
     endpoint = serving_service.get_endpoint(session, principal, name)
-    span = seconds(window)
-    if not 60 <= span <= MAX_WINDOW_S:
-        raise InvalidInput(f"window must be between 1m and 90d, not {window}")
+    span = _span(window)
     step = seconds(bucket) if bucket else (3600 if span <= 2 * 86400 else 86400)
     if step < 60 or span / step > MAX_BUCKETS:
         raise InvalidInput(f"a {window} window has at most {MAX_BUCKETS} buckets (and each ≥ 1m)")
-    end = (now or datetime.now(UTC)).astimezone(UTC)
-    start = end - timedelta(seconds=span)
-    try:
-        table = logs.read(store, endpoint.org_id, endpoint.id, start, end)
-    except logs.TooMuchLog as exc:
-        raise ServiceUnavailable(f"the window holds too much log to read at once ({exc})") from None
+    start, end, table = _logged(store, endpoint, span, now)
     received = session.scalar(
         select(func.count()).where(
             Feedback.endpoint_id == endpoint.id, Feedback.received_at >= start
@@ -290,17 +302,10 @@ def endpoint_drift(
     """Drift of the inputs an endpoint answered in the last ``window`` against the training
     data of the version it serves (the first of its traffic split)."""
     endpoint = serving_service.get_endpoint(session, principal, name)
-    span = seconds(window)
-    if not 60 <= span <= MAX_WINDOW_S:
-        raise InvalidInput(f"window must be between 1m and 90d, not {window}")
+    span = _span(window)
     version = _served_version(session, endpoint)
     ref = _reference(session, store, version)
-    end = (now or datetime.now(UTC)).astimezone(UTC)
-    start = end - timedelta(seconds=span)
-    try:
-        table = logs.read(store, endpoint.org_id, endpoint.id, start, end)
-    except logs.TooMuchLog as exc:
-        raise ServiceUnavailable(f"the window holds too much log to read at once ({exc})") from None
+    start, end, table = _logged(store, endpoint, span, now)
     columns: dict[str, Any] = {}
     if table is not None and table.num_rows:
         primary = table.filter(pc_equal(table.column("role"), "primary"))
