@@ -308,7 +308,7 @@ def endpoint_drift(
     start, end, table = _logged(store, endpoint, span, now)
     columns: dict[str, Any] = {}
     if table is not None and table.num_rows:
-        primary = table.filter(pc_equal(table.column("role"), "primary"))
+        primary = table.filter(_equal(table.column("role"), "primary"))
         columns = {
             n: primary.column(n).to_numpy(zero_copy_only=False) for n in primary.column_names
         }
@@ -331,7 +331,8 @@ def endpoint_drift(
     )
 
 
-def pc_equal(column: Any, value: str) -> Any:
+def _equal(column: Any, value: str) -> Any:
+    """An Arrow mask: ``column == value``."""
     import pyarrow.compute as pc
 
     return pc.equal(column, value)
