@@ -120,6 +120,7 @@ class PredictionLog:
                 table = self._arrow(group)
             except Exception as exc:  # one bad group must not lose the others
                 self._lost(rows, exc)
+                self._queued_rows -= rows  # no longer waiting to be written
                 continue
             first, tables, pending = self._pending.get(key, (group[0], [], 0))
             tables.append(table)
