@@ -359,3 +359,22 @@ def test_training_metrics_beside_the_live_ones(
     assert (
         monitoring_service.training_metrics(ModelVersion(metric="roc_auc", metrics=metrics)) == want
     )
+
+
+def test_labels_are_those_of_the_served_version_not_the_newest(
+    client: TestClient,
+    tenants: Tenants,
+    deploy: Deploy,
+    register: Any,
+    saved_model: Path,
+    multiclass_model: Path,
+) -> None:
+    deploy(tenants.a, saved_model)  # serves version 1: classes 0 and 1
+    register(tenants.a, "m", model_dir=multiclass_model)  # version 2 (high/low/mid), not served
+    (answer,) = predict(client, tenants.a, rows(1))
+    r = feedback(client, tenants.a, [{"prediction_id": answer["id"], "actual": 1}])
+    assert r.status_code == 200, r.text
+    r = feedback(client, tenants.a, [{"prediction_id": answer["id"], "actual": "high"}])
+    assert assert_problem(r, 422, "invalid_input")["detail"] == (
+        "items[0].actual: 'high' is not one of the model's classes (0, 1)"
+    )

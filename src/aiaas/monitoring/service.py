@@ -86,14 +86,11 @@ def record_feedback(
 
 
 def _actual_checker(session: Session, endpoint: Endpoint) -> Any:
-    """``check(i, actual)``: the stored form of item ``i``'s actual, or a 422 naming it."""
-    version = session.scalar(
-        select(ModelVersion)
-        .where(ModelVersion.model_id == endpoint.model_id)
-        .order_by(ModelVersion.number.desc())
-        .limit(1)
-    )
-    if version is None or version.task == "regression":
+    """``check(i, actual)``: the stored form of item ``i``'s actual, or a 422 naming it.
+    The labels are those of the version the endpoint serves (every version it serves or
+    shadows has the same, the deploy checked), not of the model's newest version."""
+    version = _served_version(session, endpoint)
+    if version.task == "regression":
 
         def number(i: int, actual: Any) -> float:
             if type(actual) not in (int, float) or not math.isfinite(actual):
